@@ -1,0 +1,32 @@
+"""The scorer interface every reward implements on the server side."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+from PIL import Image
+
+
+class ScorerUnavailable(RuntimeError):
+    """The scorer cannot be built here (weights not at hand, missing package); says why."""
+
+
+class Scorer(ABC):
+    """Scores a batch of decoded RGB images with their prompts.
+
+    `score` runs on the scorer's worker thread with a batch coalesced from
+    concurrent requests, so it should be a pure batch function.
+    """
+
+    name: str = ""
+    version: str = "1"
+    description: str = ""
+    #: Largest batch the dynamic batcher hands to `score` at once.
+    max_batch_size: int = 64
+
+    @abstractmethod
+    def score(
+        self, images: list[Image.Image], prompts: list[str]
+    ) -> tuple[list[float], list[dict[str, Any]] | None]:
+        """Return one float per image (and optional per-item details)."""

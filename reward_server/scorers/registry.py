@@ -1,0 +1,139 @@
+"""Scorers by name: a factory per name that builds the scorer or says why it cannot.
+
+Factories import their heavy dependencies themselves, so asking for the JPEG
+scorers never imports torch, and a scorer whose module or weights are missing
+is reported as unavailable instead of breaking the server.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Iterable
+
+from reward_server.scorers.base import Scorer, ScorerUnavailable
+from reward_server.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+ScorerFactory = Callable[[ServerSettings], Scorer]
+
+
+class UnknownScorer(KeyError):
+    """No factory is registered under that name."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def module_factory(module: str, attr: str = "build") -> ScorerFactory:
+    """A factory that imports `module` on first use and calls its `build(settings)`.
+
+    An ImportError (the module, or a package it needs, is missing) makes the
+    scorer unavailable rather than failing the server.
+    """
+
+    def factory(settings: ServerSettings) -> Scorer:
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as exc:
+            raise ScorerUnavailable(f"cannot import {module}: {exc}") from exc
+        build = getattr(mod, attr, None)
+        if build is None:
+            raise ScorerUnavailable(f"{module} has no {attr}(settings) function")
+        return build(settings)
+
+    return factory
+
+
+def _jpeg_incompressibility(settings: ServerSettings) -> Scorer:
+    from reward_server.scorers.jpeg import JpegIncompressibility
+
+    return JpegIncompressibility()
+
+
+def _jpeg_compressibility(settings: ServerSettings) -> Scorer:
+    from reward_server.scorers.jpeg import JpegCompressibility
+
+    return JpegCompressibility()
+
+
+class ScorerRegistry:
+    """An ordered name -> factory table; `default_registry()` holds the built-ins."""
+
+    def __init__(self) -> None:
+        self._factories: dict[str, ScorerFactory] = {}
+
+    def register(self, name: str, factory: ScorerFactory, *, replace: bool = False) -> None:
+        if name in self._factories and not replace:
+            raise ValueError(f"scorer {name!r} is already registered")
+        self._factories[name] = factory
+
+    def names(self) -> list[str]:
+        return list(self._factories)
+
+    def build(self, name: str, settings: ServerSettings) -> Scorer:
+        """Build one scorer; raises UnknownScorer or ScorerUnavailable (with the reason)."""
+        factory = self._factories.get(name)
+        if factory is None:
+            raise UnknownScorer(
+                f"unknown scorer {name!r}; registered: {', '.join(self._factories) or 'none'}"
+            )
+        scorer = factory(settings)
+        if not scorer.name:
+            scorer.name = name
+        return scorer
+
+
+def default_registry() -> ScorerRegistry:
+    registry = ScorerRegistry()
+    registry.register("aesthetic", module_factory("reward_server.scorers.aesthetic"))
+    registry.register("jpeg_compressibility", _jpeg_compressibility)
+    registry.register("jpeg_incompressibility", _jpeg_incompressibility)
+    registry.register("prompt_fidelity", module_factory("reward_server.scorers.prompt_fidelity"))
+    return registry
+
+
+class ScorersUnavailable(RuntimeError):
+    """Scorers named explicitly could not be built; the message lists each reason."""
+
+
+def build_scorers(
+    settings: ServerSettings,
+    names: Iterable[str] | None = None,
+    registry: ScorerRegistry | None = None,
+) -> dict[str, Scorer]:
+    """Build scorers by name.
+
+    names=None: every registered scorer whose weights and packages are at hand;
+    the others are skipped with a log line saying why (a factory that crashes
+    is logged with its traceback and skipped too). Explicit names: all must
+    build, else ScorersUnavailable (or UnknownScorer) explains which and why.
+    """
+    registry = registry or default_registry()
+    explicit = names is not None
+    wanted = list(dict.fromkeys(names)) if names is not None else registry.names()
+    if explicit:
+        unknown = [n for n in wanted if n not in registry.names()]
+        if unknown:
+            raise UnknownScorer(
+                f"unknown scorer(s) {', '.join(map(repr, unknown))}; "
+                f"registered: {', '.join(registry.names())}"
+            )
+    scorers: dict[str, Scorer] = {}
+    failures: dict[str, str] = {}
+    for name in wanted:
+        try:
+            scorers[name] = registry.build(name, settings)
+        except ScorerUnavailable as exc:
+            failures[name] = str(exc)
+        except Exception as exc:  # a broken optional scorer must not take the others down
+            log.exception("building scorer %s failed", name)
+            failures[name] = f"failed to build: {type(exc).__name__}: {exc}"
+    if explicit and failures:
+        reasons = "; ".join(f"{name}: {why}" for name, why in failures.items())
+        raise ScorersUnavailable(f"cannot load scorer(s) {reasons}")
+    for name, why in failures.items():
+        log.info("scorer %s skipped: %s", name, why)
+    log.info("scorers loaded: %s", ", ".join(scorers) or "none")
+    return scorers

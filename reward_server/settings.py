@@ -1,0 +1,131 @@
+"""Reward server settings: environment variables prefixed `DDPO_`, overridable in code.
+
+API keys are hashed as soon as they are validated, so the plaintext never sits
+in the settings object (or in a repr, a log line or a crash dump).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shared.protocol import MAX_ITEMS_PER_REQUEST, MAX_PIXELS_PER_IMAGE
+
+#: The LAION improved aesthetic predictor head (CLIP ViT-L/14, trained on SAC+LOGOS+AVA).
+LAION_AESTHETIC_HEAD = "camenduru/improved-aesthetic-predictor/sac+logos+ava1-l14-linearMSE.pth"
+#: The same head as published for trl's DDPO example.
+TRL_AESTHETIC_HEAD = "trl-lib/ddpo-aesthetic-predictor/aesthetic-model.pth"
+
+_HASH_PREFIX = "sha256:"
+
+
+def hash_api_key(key: str) -> str:
+    """The stored form of a key: `sha256:<hex>` (pass that form to avoid plaintext in env)."""
+    return _HASH_PREFIX + hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def _is_hashed(key: str) -> bool:
+    digest = key[len(_HASH_PREFIX) :]
+    return (
+        key.startswith(_HASH_PREFIX)
+        and len(digest) == 64
+        and all(c in "0123456789abcdef" for c in digest)
+    )
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class ServerSettings(BaseSettings):
+    """Everything the reward server reads at start-up. Env: `DDPO_<FIELD>`."""
+
+    model_config = SettingsConfigDict(env_prefix="DDPO_", extra="ignore", validate_default=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    scorers: Annotated[list[str] | None, NoDecode] = Field(
+        None, description="Scorers to load (comma-separated in env); None: all whose weights exist."
+    )
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        repr=False,
+        description="Accepted bearer keys, comma-separated in env; held as sha256 hashes only. "
+        "An entry `sha256:<hex>` is taken as an already hashed key.",
+    )
+    allow_unauthenticated_public: bool = Field(
+        False, description="Allow binding a non-loopback host without any API key (unsafe)."
+    )
+
+    max_body_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    max_items: int = Field(MAX_ITEMS_PER_REQUEST, ge=1, le=MAX_ITEMS_PER_REQUEST)
+    max_pixels: int = Field(MAX_PIXELS_PER_IMAGE, ge=1, description="Per image.")
+    max_request_pixels: int = Field(
+        128 * 1024 * 1024,
+        ge=1,
+        description="All images of one request together: bounds decoded memory (~3 B/pixel), "
+        "since tiny PNGs can hold huge flat images.",
+    )
+    batch_max_wait_ms: float = Field(5.0, ge=0)
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    allow_download: bool = Field(
+        False, description="Let scorers download missing weights from the Hugging Face hub."
+    )
+    models_dir: Path | None = Field(
+        Path("models"), description="Local weights, looked up before the hub cache."
+    )
+    aesthetic_clip_model: str = Field(
+        "openai/clip-vit-large-patch14", description="Hub id or local directory of a CLIP model."
+    )
+    aesthetic_head: str = Field(
+        LAION_AESTHETIC_HEAD,
+        description="Local file (.pth/.safetensors) or `owner/repo/path/in/repo` on the hub.",
+    )
+
+    @field_validator("scorers", mode="before")
+    @classmethod
+    def _parse_scorers(cls, value: Any) -> Any:
+        value = _split_csv(value)
+        return value or None
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_keys(cls, value: Any) -> Any:
+        return _split_csv(value) if value is not None else []
+
+    @field_validator("api_keys")
+    @classmethod
+    def _hash_keys(cls, keys: list[str]) -> list[str]:
+        hashed = []
+        for key in keys:
+            if not key:
+                continue
+            hashed.append(key if _is_hashed(key) else hash_api_key(key))
+        return hashed
+
+    @property
+    def auth_required(self) -> bool:
+        return bool(self.api_keys)
+
+    def check_api_key(self, candidate: str) -> bool:
+        """Constant-time comparison of the candidate's hash against every stored hash."""
+        digest = hash_api_key(candidate)
+        ok = False
+        for stored in self.api_keys:
+            ok |= hmac.compare_digest(digest, stored)
+        return ok
+
+    def resolve_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"

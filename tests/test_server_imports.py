@@ -1,0 +1,46 @@
+"""The reward server must not import the trainer's stack (diffusers, peft, accelerate)."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FORBIDDEN = ("diffusers", "peft", "accelerate")
+
+_PROBE = """
+import importlib, pkgutil, sys
+import reward_server.app, reward_server.serve, reward_server.scorers as pkg
+for info in pkgutil.iter_modules(pkg.__path__):
+    importlib.import_module(f"reward_server.scorers.{info.name}")
+bad = sorted(m for m in sys.modules if m.split(".")[0] in FORBIDDEN)
+print(bad)
+"""
+
+
+def test_server_modules_do_not_import_trainer_stack() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    probe = f"FORBIDDEN = {set(FORBIDDEN)!r}\n" + _PROBE
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_no_source_file_names_them() -> None:
+    """Also catch lazy imports inside functions, which the probe above cannot see."""
+    offenders = []
+    for path in [*ROOT.glob("reward_server/**/*.py"), *ROOT.glob("shared/**/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            offenders += [f"{path}: {n}" for n in names if n.split(".")[0] in FORBIDDEN]
+    assert offenders == []

@@ -1,0 +1,145 @@
+"""`ddpo train` end to end against the real reward server over loopback HTTP."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from trainer.run_log import read_metrics
+from trainer.server_process import RewardServerProcess, free_port
+
+pytestmark = pytest.mark.slow
+
+BASE = """
+prompts = ["a red circle", "a blue square", "a green triangle"]
+mixed_precision = "no"
+resolution = 32
+sample_num_steps = 6
+sample_guidance_scale = 3.0
+sample_batch_size = 4
+sample_num_batches_per_epoch = 2
+train_batch_size = 2
+per_prompt_stat_tracking_min_count = 2
+log_images_every = 1
+"""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with RewardServerProcess(["jpeg_compressibility", "jpeg_incompressibility"], log_file=log) as s:
+        yield s
+
+
+def write_config(tmp_path: Path, model: Path, url: str, extra: str = "") -> Path:
+    text = f'pretrained_model = "{model}"\noutput_dir = "{tmp_path / "out"}"\n{BASE}{extra}\n'
+    text += f'[[rewards]]\nurl = "{url}"\nscorer = "jpeg_compressibility"\nweight = 1.0\n'
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def ddpo(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"ddpo {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def test_train_writes_metrics_checkpoints_and_loadable_lora(tmp_path, server, tiny_sd):
+    cfg = write_config(tmp_path, tiny_sd, server.url)
+    ddpo("train", "--config", str(cfg), "--set", "num_epochs=2")
+    out = tmp_path / "out"
+    records = read_metrics(out)
+    assert [r["epoch"] for r in records] == [0, 1]
+    for r in records:
+        for key in (
+            "reward_mean",
+            "reward_std",
+            "num_samples",
+            "time_total_s",
+            "time_sampling_s",
+            "time_reward_wait_s",
+            "time_training_s",
+            "approx_kl",
+            "clipfrac",
+        ):
+            assert key in r, key
+        assert r["num_samples"] == 8
+        assert r["reward_mean"] < 0  # negated JPEG kB
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+    from diffusers import StableDiffusionPipeline
+
+    def sample(pipe):
+        g = torch.Generator().manual_seed(0)
+        return pipe(
+            "a red circle",
+            num_inference_steps=4,
+            height=32,
+            width=32,
+            generator=g,
+            output_type="np",
+        ).images
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_sd))
+    pipe.set_progress_bar_config(disable=True)
+    before = sample(pipe)
+    pipe.load_lora_weights(str(out / "lora"))
+    assert pipe.unet.peft_config  # the adapter was attached
+    after = sample(pipe)
+    assert not np.allclose(before, after), "trained LoRA changed nothing"
+
+
+def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path, server, tiny_sd):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    cfg_a = write_config(a, tiny_sd, server.url)
+    cfg_b = write_config(b, tiny_sd, server.url)
+    ddpo("train", "--config", str(cfg_a), "--set", "num_epochs=3")
+    ddpo("train", "--config", str(cfg_b), "--set", "num_epochs=2")
+    ddpo("train", "--config", str(cfg_b), "--set", "num_epochs=3", "--resume")
+
+    ma, mb = read_metrics(a / "out"), read_metrics(b / "out")
+    assert [r["epoch"] for r in mb] == [0, 1, 2]
+    for ra, rb in zip(ma, mb, strict=True):
+        assert ra["reward_mean"] == pytest.approx(rb["reward_mean"], abs=1e-6)
+        assert ra["approx_kl"] == pytest.approx(rb["approx_kl"], rel=1e-4, abs=1e-12)
+    wa = load_file(str(a / "out/checkpoints/epoch_0003/trainable.safetensors"))
+    wb = load_file(str(b / "out/checkpoints/epoch_0003/trainable.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+    state = json.loads((b / "out/checkpoints/epoch_0003/trainer_state.json").read_text())
+    assert state["epoch"] == 3 and state["stat_tracker"]["buffers"]
+
+
+def test_unknown_key_fails_before_work(tmp_path, tiny_sd):
+    cfg = write_config(tmp_path, tiny_sd, "http://127.0.0.1:9")
+    proc = ddpo("train", "--config", str(cfg), "--set", "num_epoch=3", check=False)
+    assert proc.returncode == 2
+    assert "num_epoch: unknown key" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_down_reward_server_fails_fast_naming_it(tmp_path, tiny_sd):
+    url = f"http://127.0.0.1:{free_port()}"
+    cfg = write_config(tmp_path, tiny_sd, url)
+    proc = ddpo("train", "--config", str(cfg), "--set", "num_epochs=1", check=False)
+    assert proc.returncode == 1
+    assert url in proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,92 @@
+"""Checkpoints: user-facing weights plus the exact trainer state needed to resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from trainer.lora import save_lora
+
+STATE_FILE = "trainer_state.json"
+TRAINABLE_FILE = "trainable.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+
+
+@dataclass
+class ResumeState:
+    epoch: int  # the next epoch to run
+    global_step: int
+    stat_tracker: dict[str, Any]
+    family: str
+    use_lora: bool
+
+
+def trainable_state(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().contiguous().cpu() for n, p in unet.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(
+    directory: Path,
+    *,
+    pipeline_cls,
+    unet: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: ResumeState,
+    keep: int,
+) -> Path:
+    """Write checkpoints/epoch_NNNN/ atomically (tmp dir then rename) and prune old ones."""
+    root = directory / "checkpoints"
+    final = root / f"epoch_{state.epoch:04d}"
+    tmp = root / f".tmp_epoch_{state.epoch:04d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(trainable_state(unet), str(tmp / TRAINABLE_FILE))
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()},
+        tmp / OPTIMIZER_FILE,
+    )
+    (tmp / STATE_FILE).write_text(json.dumps(state.__dict__, indent=1))
+    if state.use_lora:
+        save_lora(pipeline_cls, unet, tmp / "lora")
+    else:
+        unet.save_pretrained(tmp / "unet", safe_serialization=True)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for old in sorted(root.glob("epoch_*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    found = sorted((directory / "checkpoints").glob("epoch_*"))
+    return found[-1] if found else None
+
+
+def load_checkpoint(
+    path: Path, unet: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> ResumeState:
+    """Restore trainable weights, optimizer and RNG; weights_only loading, no pickle."""
+    trainable = load_file(str(path / TRAINABLE_FILE))
+    expected = {n for n, p in unet.named_parameters() if p.requires_grad}
+    if set(trainable) != expected:
+        missing = sorted(expected - set(trainable))[:3]
+        extra = sorted(set(trainable) - expected)[:3]
+        raise ValueError(
+            f"checkpoint {path} does not match this model (missing {missing}, unexpected "
+            f"{extra}); was it made with other use_lora / lora_* settings?"
+        )
+    params = dict(unet.named_parameters())
+    with torch.no_grad():
+        for name, value in trainable.items():
+            params[name].copy_(value.to(params[name].device, params[name].dtype))
+    blob = torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(blob["optimizer"])
+    torch.set_rng_state(blob["torch_rng"])
+    data = json.loads((path / STATE_FILE).read_text())
+    return ResumeState(**data)

@@ -1,0 +1,104 @@
+"""`ddpo`: the command line (train, serve, demo).
+
+Heavy imports happen inside each command, so `ddpo serve` never loads
+diffusers and `ddpo train` never loads fastapi.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    help="Fine-tune text-to-image diffusion models with DDPO against a reward server.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+
+def _setup_logging(level: str) -> None:
+    from rich.logging import RichHandler
+
+    # Per-request lines from httpx and hub-library chatter drown the progress bars.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+    )
+
+
+@app.command()
+def train(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file.")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a key: --set num_epochs=5 (repeatable)."),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the latest checkpoint in output_dir.")
+    ] = False,
+    log_level: Annotated[str, typer.Option(help="Logging level.")] = "info",
+) -> None:
+    """Run DDPO fine-tuning as configured (works under `accelerate launch` / torchrun)."""
+    from trainer.config import ConfigError, load_config
+
+    _setup_logging(log_level)
+    try:
+        cfg = load_config(config, set_ or [])
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+    from trainer.reward_client import RewardError
+    from trainer.train import train as run_train
+
+    try:
+        result = run_train(cfg, resume=resume)
+    except RewardError as exc:
+        console.print(f"[red]reward error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    except FileNotFoundError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    if result.final_weights is not None:
+        console.print(f"done: {result.epochs_run} epochs; weights in {result.final_weights}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    scorers: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated scorer names; default: every scorer at hand."),
+    ] = None,
+    api_key: Annotated[
+        list[str] | None,
+        typer.Option("--api-key", envvar="DDPO_API_KEY", help="Accepted API key (repeatable)."),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="Logging level.")] = "info",
+) -> None:
+    """Run the reward server (FastAPI + uvicorn)."""
+    from reward_server.serve import run_server
+
+    names = [s.strip() for s in scorers.split(",") if s.strip()] if scorers else None
+    run_server(host=host, port=port, scorers=names, api_keys=api_key or [], log_level=log_level)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,257 @@
+"""The one training config: a pydantic model, loaded from TOML plus `--set` overrides.
+
+Key names follow trl's DDPOConfig where one exists, so trl users feel at home.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import tomllib
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message names the key."""
+
+
+class RewardEndpoint(BaseModel):
+    """One reward server scorer; several combine by weight."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(..., description="Base URL of a reward server, e.g. http://127.0.0.1:8000.")
+    scorer: str = Field(..., description="Scorer name on that server.")
+    weight: float = Field(1.0, description="Weight of this scorer in the summed reward.")
+    api_key: str | None = Field(None, description="Sent as `Authorization: Bearer KEY`.")
+    timeout_s: float = Field(60.0, gt=0, description="Per-request timeout.")
+    max_retries: int = Field(4, ge=0, description="Retries on connection errors and 5xx.")
+
+
+class TrainConfig(BaseModel):
+    """Everything `ddpo train` needs. See docs/config.md for each key."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # model
+    pretrained_model: str = Field(..., description="Hub id or local diffusers pipeline directory.")
+    pretrained_revision: str | None = Field(
+        None, description="Hub revision (branch, tag or commit) of pretrained_model."
+    )
+    use_lora: bool = Field(
+        True, description="Train a LoRA adapter on the UNet (true) or the full UNet (false)."
+    )
+    lora_rank: int = Field(4, ge=1, description="LoRA rank r.")
+    lora_alpha: float = Field(
+        4.0, gt=0, description="LoRA alpha; the update is scaled by alpha / rank."
+    )
+    lora_target_modules: list[str] = Field(
+        default_factory=lambda: ["to_k", "to_q", "to_v", "to_out.0"],
+        description="UNet module names that get LoRA adapters.",
+    )
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field(
+        "fp16",
+        description="no, fp16 or bf16; frozen weights are cast to it, LoRA weights stay fp32.",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute UNet activations in backward to save memory."
+    )
+    resolution: int | None = Field(None, ge=8, description="Default: the pipeline's own.")
+
+    # prompts
+    prompts: list[str] | None = Field(
+        None, description="Inline list of training prompts (or use prompts_file)."
+    )
+    prompts_file: Path | None = Field(
+        None,
+        description="One prompt per line, '#' comments; relative to the config file.",
+    )
+
+    # run
+    seed: int = Field(
+        0,
+        description="Seeds noise, prompt choice and shuffling: a run is reproducible.",
+    )
+    output_dir: Path = Field(
+        Path("outputs/ddpo"),
+        description="Where metrics.jsonl, tensorboard/, checkpoints/ and the final weights go.",
+    )
+    num_epochs: int = Field(100, ge=1, description="Number of epochs (sample, score, train).")
+    save_freq: int = Field(1, ge=1, description="Checkpoint every N epochs (and at the end).")
+    num_checkpoint_limit: int = Field(3, ge=1, description="Checkpoints kept; older ones go.")
+    log_images_every: int = Field(1, ge=0, description="TensorBoard image grid every N epochs.")
+
+    # sampling
+    sample_num_steps: int = Field(50, ge=1, description="DDIM steps per sample.")
+    sample_eta: float = Field(
+        1.0, gt=0, description="DDIM eta; must be > 0 so that each step has a log-probability."
+    )
+    sample_guidance_scale: float = Field(
+        5.0, description="Classifier-free guidance scale (1 disables guidance)."
+    )
+    sample_batch_size: int = Field(1, ge=1, description="Images per sampling batch, per process.")
+    sample_num_batches_per_epoch: int = Field(
+        2, ge=1, description="Sampling batches per epoch, per process."
+    )
+
+    # training
+    train_batch_size: int = Field(
+        1, ge=1, description="Trajectories per PPO minibatch, per process."
+    )
+    train_gradient_accumulation_steps: int = Field(
+        1,
+        ge=1,
+        description="Minibatches accumulated per optimizer step (timesteps always accumulate).",
+    )
+    train_learning_rate: float = Field(
+        3e-4, gt=0, description="AdamW learning rate (3e-4 for LoRA, ~1e-5 for full fine-tuning)."
+    )
+    train_adam_beta1: float = Field(0.9, description="AdamW beta1.")
+    train_adam_beta2: float = Field(0.999, description="AdamW beta2.")
+    train_adam_weight_decay: float = Field(1e-4, description="AdamW weight decay.")
+    train_adam_epsilon: float = Field(1e-8, description="AdamW epsilon.")
+    train_use_8bit_adam: bool = Field(
+        False, description="Use bitsandbytes' 8-bit AdamW (needs bitsandbytes and a GPU)."
+    )
+    train_num_inner_epochs: int = Field(
+        1, ge=1, description="PPO passes over each epoch's samples."
+    )
+    train_clip_range: float = Field(
+        1e-4, gt=0, description="PPO clip range of the importance ratio."
+    )
+    train_adv_clip_max: float = Field(
+        5.0, gt=0, description="Advantages are clipped to [-max, max]."
+    )
+    train_timestep_fraction: float = Field(
+        1.0,
+        gt=0,
+        le=1.0,
+        description="Fraction of each trajectory's steps trained on (random per sample).",
+    )
+    train_max_grad_norm: float = Field(1.0, gt=0, description="Gradient norm clipping.")
+    train_cfg: bool = Field(
+        True, description="Use classifier-free guidance when re-computing log-probs in training."
+    )
+
+    # advantages
+    per_prompt_stat_tracking: bool = Field(
+        True, description="Normalise rewards per prompt (true) or over the whole batch (false)."
+    )
+    per_prompt_stat_tracking_buffer_size: int = Field(
+        32, ge=1, description="Rewards remembered per prompt."
+    )
+    per_prompt_stat_tracking_min_count: int = Field(
+        16, ge=1, description="Below this many rewards for a prompt, batch statistics are used."
+    )
+
+    # rewards
+    rewards: list[RewardEndpoint] = Field(
+        default_factory=list,
+        description="Reward endpoints ([[rewards]] tables); the reward is their weighted sum.",
+    )
+    reward_epoch_deadline_s: float = Field(
+        600.0, gt=0, description="Longest wait for an epoch's rewards before the run fails."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if (self.prompts is None) == (self.prompts_file is None):
+            raise ValueError("set exactly one of 'prompts' (a list) or 'prompts_file' (a path)")
+        if self.prompts is not None and not self.prompts:
+            raise ValueError("'prompts' is empty")
+        if not self.rewards:
+            raise ValueError("'rewards' is empty: name at least one [[rewards]] endpoint")
+        total = self.sample_batch_size * self.sample_num_batches_per_epoch
+        if total % self.train_batch_size:
+            raise ValueError(
+                f"train_batch_size ({self.train_batch_size}) must divide the samples per epoch "
+                f"per process ({total} = sample_batch_size x sample_num_batches_per_epoch)"
+            )
+        return self
+
+    def prompt_list(self) -> list[str]:
+        if self.prompts is not None:
+            return list(self.prompts)
+        assert self.prompts_file is not None
+        lines = Path(self.prompts_file).read_text(encoding="utf-8").splitlines()
+        prompts = [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
+        if not prompts:
+            raise ConfigError(f"prompts_file {self.prompts_file} holds no prompts")
+        return prompts
+
+
+def _parse_value(raw: str) -> Any:
+    """Parse an override value as TOML/JSON when it looks like one, else keep the string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        pass
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `key=value` overrides; dotted keys reach into tables (`rewards.0.url=...`)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        parts = key.split(".")
+        node: Any = data
+        for part in parts[:-1]:
+            if isinstance(node, list):
+                try:
+                    node = node[int(part)]
+                except (ValueError, IndexError) as exc:
+                    raise ConfigError(f"override key {key!r}: no element {part!r}") from exc
+            else:
+                node = node.setdefault(part, {})
+        last = parts[-1]
+        if isinstance(node, list):
+            try:
+                node[int(last)] = _parse_value(raw)
+            except (ValueError, IndexError) as exc:
+                raise ConfigError(f"override key {key!r}: no element {last!r}") from exc
+        else:
+            node[last] = _parse_value(raw)
+    return data
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(config)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {loc}: {msg}")
+    return "invalid config:\n" + "\n".join(lines)
+
+
+def build_config(data: dict[str, Any]) -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err)) from None
+
+
+def load_config(path: Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a TOML file (relative paths in it resolve against the file) and apply overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+        if "prompts_file" in data and not Path(data["prompts_file"]).is_absolute():
+            data["prompts_file"] = str((path.parent / data["prompts_file"]).resolve())
+    data = apply_overrides(data, overrides or [])
+    return build_config(data)

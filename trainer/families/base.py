@@ -1,0 +1,92 @@
+"""The narrow interface between the DDPO trainer and a diffusers pipeline family."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+import torch
+
+#: Conditioning tensors of a batch, each with the batch dimension first, so a
+#: trajectory buffer can concatenate, index and shuffle them without knowing
+#: the family (SD: prompt_embeds; SDXL adds pooled embeddings and time ids).
+PromptEmbeds = dict[str, torch.Tensor]
+
+
+def index_embeds(embeds: PromptEmbeds, index: torch.Tensor | slice) -> PromptEmbeds:
+    return {k: v[index] for k, v in embeds.items()}
+
+
+def cat_embeds(parts: list[PromptEmbeds]) -> PromptEmbeds:
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+class DiffusionFamily(ABC):
+    """A loaded pipeline seen through the three operations DDPO needs."""
+
+    #: Short name shown in logs and saved with checkpoints ("sd", "sdxl").
+    name: str = ""
+
+    def __init__(self, pipeline, device: torch.device, dtype: torch.dtype) -> None:
+        self.pipeline = pipeline
+        self.device = device
+        self.dtype = dtype
+
+    @property
+    def unet(self) -> torch.nn.Module:
+        return self.pipeline.unet
+
+    @property
+    def default_resolution(self) -> int:
+        unet_cfg = self.pipeline.unet.config
+        return int(unet_cfg.sample_size) * self.vae_scale_factor
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.pipeline.vae.config.block_out_channels) - 1)
+
+    def latent_shape(self, resolution: int) -> tuple[int, int, int]:
+        channels = int(self.pipeline.unet.config.in_channels)
+        side = resolution // self.vae_scale_factor
+        return channels, side, side
+
+    @abstractmethod
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str], resolution: int) -> PromptEmbeds:
+        """Conditioning for `prompts` (the empty prompt gives the unconditional one)."""
+
+    @abstractmethod
+    def predict(
+        self,
+        unet: torch.nn.Module,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        cond: PromptEmbeds,
+        uncond: PromptEmbeds | None,
+        guidance_scale: float,
+    ) -> torch.Tensor:
+        """Model output with classifier-free guidance, both halves in one batched pass.
+
+        `unet` is passed in (not taken from the pipeline) because during training
+        it is the accelerate-wrapped, adapter-carrying module.
+        """
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """Latents -> uint8 images (B, H, W, 3)."""
+        vae = self.pipeline.vae
+        scaled = latents.to(vae.dtype) / vae.config.scaling_factor
+        shift = getattr(vae.config, "shift_factor", None)
+        if shift:
+            scaled = scaled + shift
+        images = vae.decode(scaled, return_dict=False)[0]
+        images = ((images.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+        return images.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def guided(output: torch.Tensor, guidance_scale: float, has_uncond: bool) -> torch.Tensor:
+    """Combine the (uncond, cond) halves of a batched prediction."""
+    if not has_uncond:
+        return output
+    uncond, cond = output.chunk(2)
+    return uncond + guidance_scale * (cond - uncond)

@@ -1,0 +1,42 @@
+"""LoRA adapters on the UNet through peft, saved in the diffusers LoRA format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+
+from trainer.config import TrainConfig
+
+
+def add_lora(unet: torch.nn.Module, cfg: TrainConfig) -> None:
+    """Attach a trainable LoRA adapter; base weights stay frozen, adapter weights fp32."""
+    config = LoraConfig(
+        r=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha,
+        init_lora_weights="gaussian",
+        target_modules=list(cfg.lora_target_modules),
+    )
+    unet.add_adapter(config)
+    for param in unet.parameters():
+        if param.requires_grad:
+            param.data = param.data.float()
+    if not any(p.requires_grad for p in unet.parameters()):
+        raise ValueError(
+            f"lora_target_modules {cfg.lora_target_modules} matched no UNet module; "
+            "typical: to_q, to_k, to_v, to_out.0"
+        )
+
+
+def save_lora(pipeline_cls, unet: torch.nn.Module, directory: Path) -> Path:
+    """Write pytorch_lora_weights.safetensors, loadable by `pipeline.load_lora_weights`."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+
+    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    directory.mkdir(parents=True, exist_ok=True)
+    pipeline_cls.save_lora_weights(
+        save_directory=str(directory), unet_lora_layers=state, safe_serialization=True
+    )
+    return directory

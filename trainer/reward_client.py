@@ -1,0 +1,524 @@
+"""Async HTTP client for reward servers, driven from synchronous training code.
+
+The trainer samples on the GPU while earlier batches are PNG-encoded, sent and
+scored: `RewardClient.submit` hands a batch to an event loop on a daemon
+thread and returns a `RewardFuture` at once; the trainer blocks only in
+`RewardFuture.result` / `gather_results`, right before the PPO update.
+
+Missing-reward policy: fail. If any endpoint cannot score any item (after
+retries, or past the deadline) the whole batch raises `RewardError`; silently
+training on a partial or substituted reward would bias the update.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import numpy as np
+from pydantic import TypeAdapter, ValidationError
+
+from shared.images import encode_png
+from shared.protocol import MAX_ITEMS_PER_REQUEST, ScoreItem, ScoreResponse, ScorerList
+from trainer.config import RewardEndpoint
+
+logger = logging.getLogger(__name__)
+
+_ITEMS_JSON = TypeAdapter(list[ScoreItem])
+#: Statuses worth retrying: the server may recover (overload, restart, gateway).
+_RETRY_4XX = {408, 429}
+#: How long `result` waits past the deadline for the loop's own, more detailed error.
+_DEADLINE_GRACE_S = 1.0
+
+
+class RewardError(RuntimeError):
+    """Rewards could not be obtained; the message names the endpoint and the reason."""
+
+
+class RewardServerUnavailable(RewardError):
+    """A reward server is unreachable, not ready, or lacks a configured scorer."""
+
+
+@dataclass(frozen=True)
+class RewardResult:
+    """Rewards for one batch (or several, concatenated in submit order)."""
+
+    rewards: np.ndarray  # (B,) float32: sum of weight * score over endpoints
+    per_scorer: dict[str, np.ndarray]  # unweighted (B,) float32 scores per endpoint
+    wait_s: float  # seconds the caller blocked waiting for this result
+
+
+@dataclass
+class _Batch:
+    """What one submit sends; images are a private copy so the caller may reuse its buffer."""
+
+    images: np.ndarray
+    prompts: list[str]
+    ids: list[str]
+    metadata: list[dict[str, Any]]
+
+
+class RewardFuture:
+    """Handle to a submitted batch; `result` blocks until scored or the deadline passes."""
+
+    def __init__(
+        self, future: concurrent.futures.Future[RewardResult], deadline: float, deadline_s: float
+    ) -> None:
+        self._future = future
+        self._deadline = deadline  # time.monotonic() value
+        self._deadline_s = deadline_s
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def cancel(self) -> None:
+        """Stop scoring this batch (frees server and connections); `result` then raises."""
+        self._future.cancel()
+
+    def result(self, timeout: float | None = None) -> RewardResult:
+        """Wait for the rewards.
+
+        Raises RewardError on failure or once the deadline has passed, and the
+        builtin TimeoutError if only `timeout` ran out (the batch keeps going).
+        """
+        start = time.monotonic()
+        wait = self._deadline - start + _DEADLINE_GRACE_S
+        if timeout is not None:
+            wait = min(wait, timeout)
+        try:
+            out = self._future.result(timeout=max(wait, 0.0))
+        except concurrent.futures.TimeoutError:
+            if time.monotonic() >= self._deadline:
+                self._future.cancel()
+                raise RewardError(
+                    f"rewards not ready within the {self._deadline_s:g}s deadline"
+                ) from None
+            raise TimeoutError(f"rewards not ready after {timeout:g}s") from None
+        except concurrent.futures.CancelledError:
+            raise RewardError("reward request was cancelled (client closed?)") from None
+        return dataclasses.replace(out, wait_s=time.monotonic() - start)
+
+
+def gather_results(futures: Sequence[RewardFuture]) -> tuple[RewardResult, float]:
+    """Wait for all futures; return their results concatenated in order and the seconds blocked.
+
+    On the first failure the remaining batches are cancelled so they stop
+    occupying the reward server.
+    """
+    if not futures:
+        raise ValueError("gather_results needs at least one future")
+    start = time.monotonic()
+    try:
+        results = [f.result() for f in futures]
+    except BaseException:
+        for f in futures:
+            f.cancel()
+        raise
+    waited = time.monotonic() - start
+    keys = list(results[0].per_scorer)
+    if any(list(r.per_scorer) != keys for r in results):
+        raise ValueError("futures come from clients with different endpoints")
+    combined = RewardResult(
+        rewards=np.concatenate([r.rewards for r in results]),
+        per_scorer={k: np.concatenate([r.per_scorer[k] for r in results]) for k in keys},
+        wait_s=waited,
+    )
+    return combined, waited
+
+
+def _scorer_keys(endpoints: Sequence[RewardEndpoint]) -> list[str]:
+    """Scorer name, qualified by URL only where a name repeats, so log keys stay short."""
+    names = [ep.scorer for ep in endpoints]
+    keys: list[str] = []
+    for i, ep in enumerate(endpoints):
+        key = ep.scorer if names.count(ep.scorer) == 1 else f"{ep.scorer}@{ep.url}"
+        if key in keys:
+            key = f"{key}#{i}"
+        keys.append(key)
+    return keys
+
+
+def _base_url(url: str) -> str:
+    return url.rstrip("/")
+
+
+def _describe(ep: RewardEndpoint) -> str:
+    return f"reward endpoint {_base_url(ep.url)} (scorer {ep.scorer!r})"
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def _problem_detail(resp: httpx.Response) -> str:
+    """The `detail` of a problem+json body, else the start of whatever the server sent."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return resp.text[:500] or resp.reason_phrase
+    if isinstance(body, dict) and "detail" in body:
+        detail = body["detail"]
+        return detail if isinstance(detail, str) else json.dumps(detail)[:500]
+    return json.dumps(body)[:500]
+
+
+def _encode_items(batch: _Batch, start: int, stop: int) -> bytes:
+    """PNG-encode one chunk and serialise its items once, shared by every endpoint and retry."""
+    items = [
+        ScoreItem(
+            id=batch.ids[i],
+            prompt=batch.prompts[i],
+            image=encode_png(batch.images[i]),
+            metadata=batch.metadata[i],
+        )
+        for i in range(start, stop)
+    ]
+    return _ITEMS_JSON.dump_json(items)
+
+
+class RewardClient:
+    """Scores image batches on one or more reward endpoints, combined by weight.
+
+    Owns an event loop on a daemon thread, one `httpx.AsyncClient` and a small
+    thread pool for PNG encoding. Use as a context manager or call `close`.
+    """
+
+    def __init__(
+        self,
+        endpoints: list[RewardEndpoint],
+        deadline_s: float = 600,
+        *,
+        max_items_per_request: int = MAX_ITEMS_PER_REQUEST,
+        backoff_base_s: float = 0.5,
+        backoff_max_s: float = 8.0,
+        encode_workers: int | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        """`deadline_s` bounds each batch from submit to result; `transport` is for tests."""
+        if not endpoints:
+            raise ValueError("RewardClient needs at least one reward endpoint")
+        if deadline_s <= 0:
+            raise ValueError(f"deadline_s must be > 0, got {deadline_s}")
+        if not 1 <= max_items_per_request <= MAX_ITEMS_PER_REQUEST:
+            raise ValueError(f"max_items_per_request must be in 1..{MAX_ITEMS_PER_REQUEST}")
+        self.endpoints = list(endpoints)
+        self.deadline_s = float(deadline_s)
+        self.max_items_per_request = max_items_per_request
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self._keys = _scorer_keys(self.endpoints)
+        self._closed = False
+        self._close_lock = threading.Lock()
+
+        workers = encode_workers or min(4, os.cpu_count() or 1)
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="reward-encode"
+        )
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="reward-client", daemon=True
+        )
+        self._thread.start()
+        # Pool waits are bounded by the deadline, not the per-request timeout,
+        # so many queued chunks don't fail just for waiting their turn.
+        self._http = httpx.AsyncClient(
+            transport=transport,
+            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+            timeout=httpx.Timeout(60.0, pool=None),
+        )
+
+    # -- public, synchronous API -------------------------------------------------
+
+    def submit(
+        self,
+        images: np.ndarray,
+        prompts: list[str],
+        ids: list[str] | None = None,
+        metadata: list[dict[str, Any]] | None = None,
+    ) -> RewardFuture:
+        """Queue a (B, H, W, 3) uint8 batch for scoring and return at once."""
+        if self._closed:
+            raise RewardError("reward client is closed")
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(
+                f"expected (B, H, W, 3) uint8 images, got {images.dtype} {images.shape}"
+            )
+        n = images.shape[0]
+        if n == 0:
+            raise ValueError("cannot score an empty batch")
+        ids = [str(i) for i in range(n)] if ids is None else [str(i) for i in ids]
+        metadata = [{} for _ in range(n)] if metadata is None else list(metadata)
+        prompts = list(prompts)
+        for name, seq in (("prompts", prompts), ("ids", ids), ("metadata", metadata)):
+            if len(seq) != n:
+                raise ValueError(f"{len(seq)} {name} for {n} images")
+        batch = _Batch(np.array(images, copy=True, order="C"), prompts, ids, metadata)
+
+        deadline = time.monotonic() + self.deadline_s
+        coro = self._score_with_deadline(batch, deadline)
+        try:
+            cf = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        except RuntimeError:  # the loop closed between the check above and here
+            coro.close()
+            raise RewardError("reward client is closed") from None
+        return RewardFuture(cf, deadline, self.deadline_s)
+
+    def check_ready(self, timeout_s: float = 10) -> None:
+        """Fail fast, before epoch 1, if a server is down, not ready or lacks a scorer."""
+        if self._closed:
+            raise RewardError("reward client is closed")
+        cf = asyncio.run_coroutine_threadsafe(self._check_ready(timeout_s), self._loop)
+        try:
+            problems = cf.result(timeout=timeout_s + _DEADLINE_GRACE_S)
+        except concurrent.futures.TimeoutError:
+            cf.cancel()
+            urls = sorted({_base_url(ep.url) for ep in self.endpoints})
+            raise RewardServerUnavailable(
+                f"reward servers {', '.join(urls)} did not answer within {timeout_s:g}s"
+            ) from None
+        if problems:
+            raise RewardServerUnavailable("; ".join(problems))
+
+    def close(self) -> None:
+        """Cancel outstanding batches, close connections and stop the loop and encode threads."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=10)
+        except Exception:  # closing must not mask the caller's own error
+            logger.exception("error while closing the reward client")
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    def __enter__(self) -> RewardClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- event-loop side ---------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        """Cancel every batch still in flight; their futures then raise RewardError."""
+        current = asyncio.current_task()
+        tasks = [t for t in asyncio.all_tasks() if t is not current]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._http.aclose()
+
+    async def _score_with_deadline(self, batch: _Batch, deadline: float) -> RewardResult:
+        pending: dict[str, str] = {}  # what is still outstanding, for the deadline message
+        try:
+            return await asyncio.wait_for(
+                self._score(batch, pending), timeout=deadline - time.monotonic()
+            )
+        except asyncio.TimeoutError:
+            waiting = "; ".join(f"{k}: {v}" for k, v in sorted(pending.items())[:4])
+            more = f" (+{len(pending) - 4} more)" if len(pending) > 4 else ""
+            raise RewardError(
+                f"rewards for {len(batch.ids)} images not ready within the {self.deadline_s:g}s "
+                f"deadline; still waiting on {waiting or 'nothing'}{more}"
+            ) from None
+        except RewardError:
+            raise
+        except Exception as exc:
+            raise RewardError(f"scoring failed: {type(exc).__name__}: {exc}") from exc
+
+    async def _score(self, batch: _Batch, pending: dict[str, str]) -> RewardResult:
+        n = len(batch.ids)
+        scores = np.empty((len(self.endpoints), n), dtype=np.float64)
+        step = self.max_items_per_request
+        chunks = [(s, min(s + step, n)) for s in range(0, n, step)]
+        tasks = [
+            asyncio.ensure_future(self._score_chunk(batch, start, stop, scores, pending))
+            for start, stop in chunks
+        ]
+        await _all_or_cancel(tasks)
+        weights = np.array([ep.weight for ep in self.endpoints], dtype=np.float64)
+        return RewardResult(
+            rewards=(weights @ scores).astype(np.float32),
+            per_scorer={k: scores[i].astype(np.float32) for i, k in enumerate(self._keys)},
+            wait_s=0.0,
+        )
+
+    async def _score_chunk(
+        self, batch: _Batch, start: int, stop: int, out: np.ndarray, pending: dict[str, str]
+    ) -> None:
+        label = f"items {start}-{stop - 1}"
+        # Entries leave `pending` only on success, so a deadline can still name them.
+        pending[label] = "PNG encoding"
+        loop = asyncio.get_running_loop()
+        try:
+            items_json = await loop.run_in_executor(
+                self._executor, _encode_items, batch, start, stop
+            )
+        except (ValidationError, ValueError, TypeError) as exc:
+            raise RewardError(f"cannot encode {label} for scoring: {exc}") from exc
+        del pending[label]
+        posts = [
+            asyncio.ensure_future(self._post_chunk(i, items_json, start, stop, out, pending))
+            for i in range(len(self.endpoints))
+        ]
+        await _all_or_cancel(posts)
+
+    async def _post_chunk(
+        self,
+        index: int,
+        items_json: bytes,
+        start: int,
+        stop: int,
+        out: np.ndarray,
+        pending: dict[str, str],
+    ) -> None:
+        ep = self.endpoints[index]
+        label = f"{_describe(ep)} items {start}-{stop - 1}"
+        body = b'{"scorer":' + json.dumps(ep.scorer).encode() + b',"items":' + items_json + b"}"
+        pending[label] = "in flight"
+        out[index, start:stop] = await self._post_with_retries(
+            ep, body, stop - start, label, pending
+        )
+        del pending[label]
+
+    async def _post_with_retries(
+        self, ep: RewardEndpoint, body: bytes, n: int, label: str, pending: dict[str, str]
+    ) -> np.ndarray:
+        url = f"{_base_url(ep.url)}/v1/score"
+        headers = {"Content-Type": "application/json", **_headers(ep.api_key)}
+        attempt = 0
+        while True:
+            retry_after: float | None = None
+            try:
+                resp = await self._http.post(
+                    url,
+                    content=body,
+                    headers=headers,
+                    timeout=httpx.Timeout(ep.timeout_s, pool=None),
+                )
+            except httpx.TransportError as exc:  # connect/read errors and timeouts
+                reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            else:
+                status = resp.status_code
+                if status < 400:
+                    return _parse_scores(resp, ep, n)
+                reason = f"HTTP {status}: {_problem_detail(resp)}"
+                if status < 500 and status not in _RETRY_4XX:
+                    raise RewardError(f"{_describe(ep)} rejected the request: {reason}")
+                retry_after = _retry_after(resp)
+            if attempt >= ep.max_retries:
+                raise RewardError(f"{_describe(ep)} failed after {attempt + 1} attempts: {reason}")
+            delay = self._backoff(attempt, retry_after)
+            attempt += 1
+            logger.warning(
+                "%s: %s; retry %d/%d in %.2fs",
+                _describe(ep),
+                reason,
+                attempt,
+                ep.max_retries,
+                delay,
+            )
+            pending[label] = f"retry {attempt} after {reason}"
+            await asyncio.sleep(delay)
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        """Exponential with jitter, so many trainer ranks don't retry in lockstep."""
+        delay = min(self.backoff_max_s, self.backoff_base_s * 2**attempt)
+        delay *= random.uniform(0.5, 1.0)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.backoff_max_s))
+        return delay
+
+    async def _check_ready(self, timeout_s: float) -> list[str]:
+        by_url: dict[str, list[RewardEndpoint]] = {}
+        for ep in self.endpoints:
+            by_url.setdefault(_base_url(ep.url), []).append(ep)
+        results = await asyncio.gather(
+            *(self._check_url(url, eps, timeout_s) for url, eps in by_url.items())
+        )
+        return [p for problems in results for p in problems]
+
+    async def _check_url(self, url: str, eps: list[RewardEndpoint], timeout_s: float) -> list[str]:
+        api_key = next((ep.api_key for ep in eps if ep.api_key), None)
+        headers = _headers(api_key)
+        timeout = httpx.Timeout(timeout_s)
+        try:
+            ready = await self._http.get(f"{url}/readyz", headers=headers, timeout=timeout)
+            if ready.status_code != 200:
+                return [
+                    f"reward server {url} is not ready: HTTP {ready.status_code}: "
+                    f"{_problem_detail(ready)}"
+                ]
+            listing = await self._http.get(f"{url}/v1/scorers", headers=headers, timeout=timeout)
+        except httpx.ConnectError as exc:
+            return [f"reward server {url} is unreachable (connection refused?): {exc}"]
+        except httpx.TransportError as exc:
+            return [f"reward server {url} did not answer: {type(exc).__name__}: {exc}"]
+        if listing.status_code != 200:
+            return [
+                f"reward server {url}: GET /v1/scorers gave HTTP {listing.status_code}: "
+                f"{_problem_detail(listing)}"
+            ]
+        try:
+            served = [s.name for s in ScorerList.model_validate_json(listing.content).scorers]
+        except ValidationError as exc:
+            return [f"reward server {url}: GET /v1/scorers is not a scorer list: {exc}"]
+        return [
+            f"reward server {url} does not serve scorer {ep.scorer!r}; "
+            f"available: {', '.join(served) or '(none)'}"
+            for ep in eps
+            if ep.scorer not in served
+        ]
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    value = resp.headers.get("Retry-After")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _parse_scores(resp: httpx.Response, ep: RewardEndpoint, n: int) -> np.ndarray:
+    """Check the response is a ScoreResponse with one finite score per item."""
+    try:
+        parsed = ScoreResponse.model_validate_json(resp.content)
+    except ValidationError as exc:
+        raise RewardError(f"{_describe(ep)} sent an invalid ScoreResponse: {exc}") from None
+    if len(parsed.scores) != n:
+        raise RewardError(f"{_describe(ep)} returned {len(parsed.scores)} scores for {n} items")
+    scores = np.asarray(parsed.scores, dtype=np.float64)
+    bad = [i for i, s in enumerate(parsed.scores) if not math.isfinite(s)]
+    if bad:
+        raise RewardError(
+            f"{_describe(ep)} returned non-finite scores at positions {bad[:10]} of the request"
+        )
+    return scores
+
+
+async def _all_or_cancel(tasks: list[asyncio.Future[Any]]) -> None:
+    """Like gather, but the first failure cancels the siblings instead of leaving them running."""
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

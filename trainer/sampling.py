@@ -1,0 +1,114 @@
+"""Sampling denoising trajectories: every latent, every step's log-prob, the images."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from trainer.ddim_logprob import ddim_step_with_logprob
+from trainer.families.base import DiffusionFamily, PromptEmbeds, cat_embeds, index_embeds
+
+
+@dataclass
+class Trajectories:
+    """A batch of sampled denoising chains, batch dimension first everywhere."""
+
+    prompts: list[str]
+    prompt_ids: torch.Tensor  # (B,) index into the run's prompt list
+    embeds: PromptEmbeds  # conditioning, (B, ...)
+    latents: torch.Tensor  # (B, T+1, C, H, W): x_T ... x_0
+    log_probs: torch.Tensor  # (B, T) log-prob of each sampled step
+    timesteps: torch.Tensor  # (B, T)
+    images: np.ndarray  # (B, H, W, 3) uint8
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    @staticmethod
+    def cat(parts: list[Trajectories]) -> Trajectories:
+        return Trajectories(
+            prompts=[p for part in parts for p in part.prompts],
+            prompt_ids=torch.cat([p.prompt_ids for p in parts]),
+            embeds=cat_embeds([p.embeds for p in parts]),
+            latents=torch.cat([p.latents for p in parts]),
+            log_probs=torch.cat([p.log_probs for p in parts]),
+            timesteps=torch.cat([p.timesteps for p in parts]),
+            images=np.concatenate([p.images for p in parts]),
+        )
+
+    def select(self, index: torch.Tensor) -> Trajectories:
+        idx = index.tolist()
+        return Trajectories(
+            prompts=[self.prompts[i] for i in idx],
+            prompt_ids=self.prompt_ids[index],
+            embeds=index_embeds(self.embeds, index),
+            latents=self.latents[index],
+            log_probs=self.log_probs[index],
+            timesteps=self.timesteps[index],
+            images=self.images[idx],
+        )
+
+
+def sample_seed(seed: int, epoch: int, rank: int, batch: int, item: int) -> int:
+    """A seed per sample that depends only on where it sits in the run, for exact resumes."""
+    return int(np.random.SeedSequence([seed, epoch, rank, batch, item]).generate_state(1)[0])
+
+
+@torch.no_grad()
+def sample_trajectories(
+    family: DiffusionFamily,
+    unet: torch.nn.Module,
+    prompts: list[str],
+    prompt_ids: torch.Tensor,
+    seeds: list[int],
+    num_steps: int,
+    guidance_scale: float,
+    eta: float,
+    resolution: int,
+    uncond: PromptEmbeds | None = None,
+) -> Trajectories:
+    """Run the DDIM chain for one batch, recording what PPO needs to re-score it.
+
+    Noise comes from one generator per sample, so a sample does not change with
+    batch size or rank layout.
+    """
+    device = family.device
+    scheduler = family.pipeline.scheduler
+    scheduler.set_timesteps(num_steps, device=device)
+    batch = len(prompts)
+    cond = family.encode_prompts(prompts, resolution)
+    use_cfg = guidance_scale != 1.0
+    if use_cfg and uncond is None:
+        uncond = family.encode_prompts([""], resolution)
+    uncond_b = {k: v.expand(batch, *v.shape[1:]) for k, v in uncond.items()} if use_cfg else None
+
+    generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+    shape = family.latent_shape(resolution)
+    latents = torch.stack([torch.randn(shape, generator=g) for g in generators])
+    latents = (latents * scheduler.init_noise_sigma).to(device, family.dtype)
+
+    all_latents = [latents]
+    all_log_probs = []
+    for t in scheduler.timesteps:
+        t_batch = t.repeat(batch).to(device)
+        model_in = scheduler.scale_model_input(latents, t)
+        output = family.predict(unet, model_in, t_batch, cond, uncond_b, guidance_scale)
+        latents, log_prob = ddim_step_with_logprob(
+            scheduler, output.float(), t_batch, latents.float(), eta=eta, generator=generators
+        )
+        latents = latents.to(family.dtype)
+        all_latents.append(latents)
+        all_log_probs.append(log_prob)
+
+    images = family.decode(latents)
+    return Trajectories(
+        prompts=list(prompts),
+        prompt_ids=prompt_ids.cpu(),
+        embeds=cond,
+        latents=torch.stack(all_latents, dim=1),
+        log_probs=torch.stack(all_log_probs, dim=1).float(),
+        timesteps=scheduler.timesteps.to(device).repeat(batch, 1),
+        images=images,
+    )
