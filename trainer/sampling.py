@@ -81,7 +81,7 @@ def sample_trajectories(
     cond = family.encode_prompts(prompts, resolution)
     use_cfg = guidance_scale != 1.0
     if use_cfg and uncond is None:
-        uncond = family.encode_prompts([""], resolution)
+        uncond = family.encode_unconditional(resolution)
     uncond_b = {k: v.expand(batch, *v.shape[1:]) for k, v in uncond.items()} if use_cfg else None
 
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]

@@ -70,6 +70,8 @@ def _pick_prompts(
 def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     """Run DDPO as configured; safe to call under `accelerate launch` / torchrun."""
     accelerator = Accelerator(
+        # Without a GPU, accelerate only sets up gloo multi-process when told it is on CPU.
+        cpu=not torch.cuda.is_available(),
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.train_gradient_accumulation_steps
         * num_train_timesteps(cfg),
@@ -122,7 +124,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     if accelerator.is_main_process:
         (output_dir / "config.json").write_text(cfg.model_dump_json(indent=1))
 
-    uncond = family.encode_prompts([""], resolution)
+    uncond = family.encode_unconditional(resolution)
     pipeline_cls = type(family.pipeline)
     try:
         for epoch in range(start_epoch, cfg.num_epochs):

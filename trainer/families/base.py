@@ -55,6 +55,11 @@ class DiffusionFamily(ABC):
     def encode_prompts(self, prompts: list[str], resolution: int) -> PromptEmbeds:
         """Conditioning for `prompts` (the empty prompt gives the unconditional one)."""
 
+    @torch.no_grad()
+    def encode_unconditional(self, resolution: int) -> PromptEmbeds:
+        """The classifier-free-guidance negative, batch of one."""
+        return self.encode_prompts([""], resolution)
+
     @abstractmethod
     def predict(
         self,

@@ -53,5 +53,7 @@ def load_family(
             module.requires_grad_(False)
             module.to(device, dtype=dtype)
             module.eval()
+    if dtype == torch.float16 and pipeline.vae.config.get("force_upcast", False):
+        pipeline.vae.to(dtype=torch.float32)  # the SDXL VAE overflows in fp16
     pipeline.unet.requires_grad_(False)
     return family_cls(pipeline, device, dtype)
