@@ -71,3 +71,63 @@ def test_sampling_is_reproducible_per_sample(tiny_sd):
     a = sample_trajectories(family, family.unet, ["x", "y"], torch.arange(2), [5, 6], **kw)
     b = sample_trajectories(family, family.unet, ["y"], torch.arange(1), [6], **kw)
     torch.testing.assert_close(a.latents[1], b.latents[0], rtol=1e-4, atol=1e-5)
+
+
+def _config(**overrides):
+    from trainer.config import TrainConfig
+
+    base = dict(
+        pretrained_model="x",
+        prompts=["p"],
+        rewards=[{"url": "http://x", "scorer": "s"}],
+        sample_num_steps=8,
+        sample_batch_size=4,
+        train_batch_size=2,
+        sample_guidance_scale=4.0,
+        train_max_grad_norm=1e9,
+        train_clip_range=1e-4,
+        mixed_precision="no",
+    )
+    return TrainConfig(**{**base, **overrides})
+
+
+def test_batched_timesteps_give_the_same_update(tiny_sd):
+    """Several timesteps per UNet pass must reproduce the one-timestep-per-pass update."""
+    from accelerate import Accelerator
+
+    from trainer.ppo import ppo_update
+
+    family = load_family(str(tiny_sd), None, torch.device("cpu"), torch.float32)
+    unet = family.unet
+    trajs = sample_trajectories(
+        family,
+        unet,
+        ["a", "b", "c", "d"],
+        torch.arange(4),
+        [1, 2, 3, 4],
+        num_steps=8,
+        guidance_scale=4.0,
+        eta=1.0,
+        resolution=32,
+    )
+    adv = torch.tensor([1.0, -0.5, 0.3, -0.8])
+    uncond = family.encode_unconditional(32)
+    initial = {k: v.clone() for k, v in unet.state_dict().items()}
+    unet.requires_grad_(True)
+    accelerator = Accelerator(cpu=True)
+
+    def run(per_pass: int, fraction: float) -> dict[str, torch.Tensor]:
+        unet.load_state_dict(initial)
+        opt = accelerator.prepare(torch.optim.SGD(unet.parameters(), lr=1.0))
+        cfg = _config(train_timesteps_per_pass=per_pass, train_timestep_fraction=fraction)
+        gen = torch.Generator().manual_seed(0)
+        ppo_update(accelerator, family, unet, opt, trajs, adv, cfg, gen, uncond)
+        return {k: v - initial[k] for k, v in unet.state_dict().items()}
+
+    for fraction, per_pass in ((1.0, 8), (0.75, 4)):  # 8 in one pass; 6 kept as 4 + 2
+        ref = run(1, fraction)
+        got = run(per_pass, fraction)
+        assert max(v.abs().max().item() for v in ref.values()) > 0
+        for k in ref:
+            torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-6)
+    unet.requires_grad_(False)

@@ -28,6 +28,25 @@ class RewardEndpoint(BaseModel):
     api_key: str | None = Field(None, description="Sent as `Authorization: Bearer KEY`.")
     timeout_s: float = Field(60.0, gt=0, description="Per-request timeout.")
     max_retries: int = Field(4, ge=0, description="Retries on connection errors and 5xx.")
+    mode: Literal["auto", "sync", "job"] = Field(
+        "auto",
+        description="sync: POST /v1/score; job: POST /v1/jobs and long-poll (human ratings); "
+        "auto: ask the server (GET /v1/scorers) which kind the scorer is.",
+    )
+    missing: Literal["fail", "drop", "fallback"] = Field(
+        "fail",
+        description="Job scorers only: what to do with items that lack ratings at the epoch "
+        "deadline: fail the run, drop them (NaN reward), or score them with fallback_scorer.",
+    )
+    fallback_scorer: str | None = Field(
+        None, description="A sync scorer on the same server, for missing = 'fallback'."
+    )
+
+    @model_validator(mode="after")
+    def _check_fallback(self) -> RewardEndpoint:
+        if self.missing == "fallback" and not self.fallback_scorer:
+            raise ValueError("missing = 'fallback' needs fallback_scorer (a scorer name)")
+        return self
 
 
 class TrainConfig(BaseModel):
@@ -131,6 +150,12 @@ class TrainConfig(BaseModel):
         description="Fraction of each trajectory's steps trained on (random per sample).",
     )
     train_max_grad_norm: float = Field(1.0, gt=0, description="Gradient norm clipping.")
+    train_timesteps_per_pass: int = Field(
+        1,
+        ge=1,
+        description="Timesteps of a train batch batched into one UNet pass (same gradient; "
+        "more memory, better device use).",
+    )
     train_cfg: bool = Field(
         True, description="Use classifier-free guidance when re-computing log-probs in training."
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -49,18 +50,27 @@ def recompute_log_prob(
     uncond: PromptEmbeds | None,
     guidance_scale: float,
     eta: float,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Log-prob under the current weights of each sample's stored step `step_index[i]`."""
-    rows = torch.arange(len(batch), device=step_index.device)
+    """Log-prob under the current weights of stored steps (row `rows[i]`, step `step_index[i]`).
+
+    `rows` defaults to one step per sample; passing rows repeated lets several
+    timesteps of the same samples go through the UNet in one batched pass.
+    """
+    if rows is None:
+        rows = torch.arange(len(batch), device=step_index.device)
     latents = batch.latents[rows, step_index]
     next_latents = batch.latents[rows, step_index + 1]
     timesteps = batch.timesteps[rows, step_index]
+    cond = {k: v[rows] for k, v in batch.embeds.items()}
+    if uncond is not None:
+        uncond = {k: v[:1].expand(len(rows), *v.shape[1:]) for k, v in uncond.items()}
     scheduler = family.pipeline.scheduler
     out = family.predict(
         unet,
         scheduler.scale_model_input(latents, timesteps),
         timesteps,
-        batch.embeds,
+        cond,
         uncond,
         guidance_scale,
     )
@@ -79,6 +89,11 @@ def num_train_timesteps(cfg: TrainConfig) -> int:
     return max(1, int(cfg.sample_num_steps * cfg.train_timestep_fraction))
 
 
+def num_passes(cfg: TrainConfig) -> int:
+    """UNet forward/backward passes per train batch."""
+    return math.ceil(num_train_timesteps(cfg) / cfg.train_timesteps_per_pass)
+
+
 def ppo_update(
     accelerator,
     family: DiffusionFamily,
@@ -93,15 +108,20 @@ def ppo_update(
     """Inner epochs of PPO over this process's samples; returns averaged stats.
 
     Samples are shuffled, and each sample's timesteps are permuted independently
-    before `train_timestep_fraction` of them are kept, as in DDPO. Gradients
-    accumulate over the kept timesteps and `train_gradient_accumulation_steps`
-    train batches (the Accelerator is built with that product).
+    before `train_timestep_fraction` of them are kept, as in DDPO. Kept timesteps
+    go through the UNet `train_timesteps_per_pass` at a time; each pass's loss is
+    weighted so that the accumulated gradient equals DDPO's one-timestep-per-pass
+    loop. One optimizer step per `train_gradient_accumulation_steps` train batches.
     """
     scheduler = family.pipeline.scheduler
     scheduler.set_timesteps(cfg.sample_num_steps, device=family.device)
     n, steps = trajs.log_probs.shape
     kept = num_train_timesteps(cfg)
+    passes = num_passes(cfg)
+    accelerator.gradient_accumulation_steps = cfg.train_gradient_accumulation_steps * passes
     use_cfg = cfg.train_cfg and cfg.sample_guidance_scale != 1.0
+    if use_cfg and uncond is None:
+        raise ValueError("classifier-free guidance in training needs the unconditional embeds")
     advantages = advantages.to(family.device)
     totals: dict[str, list[torch.Tensor]] = defaultdict(list)
     unet.train()
@@ -110,6 +130,7 @@ def ppo_update(
     bar = tqdm(
         total=cfg.train_num_inner_epochs * batches_per_inner * kept,
         desc="training",
+        unit="step",
         leave=False,
         disable=not accelerator.is_local_main_process,
     )
@@ -119,42 +140,43 @@ def ppo_update(
         for b in range(batches_per_inner):
             idx = order[b * cfg.train_batch_size : (b + 1) * cfg.train_batch_size]
             batch = trajs.select(idx)
+            size = len(idx)
             batch_adv = advantages[idx.to(family.device)]
-            uncond_b = None
-            if use_cfg:
-                assert uncond is not None
-                size = len(idx)
-                uncond_b = {k: v.expand(size, *v.shape[1:]) for k, v in uncond.items()}
-            step_perm = perms[idx].to(family.device)
-            for j in range(kept):
-                col = step_perm[:, j]
-                rows = torch.arange(len(idx), device=family.device)
-                old_log_prob = batch.log_probs[rows, col]
+            step_perm = perms[idx][:, :kept].to(family.device)  # (size, kept)
+            for start in range(0, kept, cfg.train_timesteps_per_pass):
+                cols = step_perm[:, start : start + cfg.train_timesteps_per_pass]  # (size, m)
+                m = cols.shape[1]
+                rows = torch.arange(size, device=family.device).repeat_interleave(m)
+                cols = cols.reshape(-1)
+                old_log_prob = batch.log_probs[rows, cols]
                 with accelerator.accumulate(unet), accelerator.autocast():
                     log_prob = recompute_log_prob(
                         family,
                         unet,
                         batch,
-                        col,
-                        uncond_b,
+                        cols,
+                        uncond if use_cfg else None,
                         cfg.sample_guidance_scale,
                         cfg.sample_eta,
+                        rows=rows,
                     )
                     stats = ppo_loss(
                         log_prob,
                         old_log_prob,
-                        batch_adv,
+                        batch_adv[rows],
                         cfg.train_clip_range,
                         cfg.train_adv_clip_max,
                     )
-                    accelerator.backward(stats.loss)
+                    # accelerate divides by the number of passes; m / kept * passes
+                    # turns that into DDPO's mean over kept timesteps.
+                    accelerator.backward(stats.loss * (m * passes / kept))
                     if accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(unet.parameters(), cfg.train_max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                 for key in ("loss", "approx_kl", "clipfrac", "ratio_mean"):
                     totals[key].append(getattr(stats, key).detach())
-                bar.update(1)
+                bar.update(m)
     bar.close()
     unet.eval()
     return {k: float(torch.stack(v).mean()) for k, v in totals.items()}

@@ -22,7 +22,7 @@ from trainer.checkpoint import (
 from trainer.config import TrainConfig
 from trainer.families import DiffusionFamily, load_family
 from trainer.lora import add_lora, save_lora
-from trainer.ppo import num_train_timesteps, ppo_update
+from trainer.ppo import num_passes, ppo_update
 from trainer.reward_client import RewardClient, gather_results
 from trainer.run_log import RunLog
 from trainer.sampling import Trajectories, sample_seed, sample_trajectories
@@ -73,8 +73,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         # Without a GPU, accelerate only sets up gloo multi-process when told it is on CPU.
         cpu=not torch.cuda.is_available(),
         mixed_precision=cfg.mixed_precision,
-        gradient_accumulation_steps=cfg.train_gradient_accumulation_steps
-        * num_train_timesteps(cfg),
+        gradient_accumulation_steps=cfg.train_gradient_accumulation_steps * num_passes(cfg),
     )
     rank, world = accelerator.process_index, accelerator.num_processes
     client = RewardClient(cfg.rewards, deadline_s=cfg.reward_epoch_deadline_s)
