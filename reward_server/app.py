@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Security
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from PIL import Image
 from pydantic import ValidationError
@@ -21,6 +21,8 @@ from starlette.concurrency import run_in_threadpool
 
 from reward_server.batching import BatcherClosed, DynamicBatcher, ScorerFailed
 from reward_server.body_limit import BodyLimitMiddleware
+from reward_server.human_routes import forbid_rater_token, human_router
+from reward_server.observability import ObservabilityMiddleware, ServerMetrics
 from reward_server.problems import (
     INVALID_IMAGE,
     INVALID_JSON,
@@ -71,6 +73,8 @@ class ServerRuntime:
         self.batchers: dict[str, DynamicBatcher] = {}
         self.status: Literal["ok", "starting", "unavailable"] = "starting"
         self.error: str | None = None
+        self.metrics = ServerMetrics()
+        self.draining = False
         self._given = scorers
         self._loading: asyncio.Task[None] | None = None
 
@@ -97,8 +101,11 @@ class ServerRuntime:
         wait_s = self.settings.batch_max_wait_ms / 1000.0
         self.scorers = dict(scorers)
         self.batchers = {
-            name: DynamicBatcher(scorer, max_wait_s=wait_s, name=name)
+            name: DynamicBatcher(
+                scorer, max_wait_s=wait_s, name=name, on_batch=self.metrics.observe_batch
+            )
             for name, scorer in self.scorers.items()
+            if scorer.kind == "sync"  # job scorers (human ratings) answer via /v1/jobs
         }
         if self.scorers:
             self.status = "ok"
@@ -106,7 +113,14 @@ class ServerRuntime:
             self.status, self.error = "unavailable", "no scorer could be loaded"
         log.info("ready: scorers %s", ", ".join(self.scorers) or "none")
 
+    def begin_drain(self) -> None:
+        """Shutdown has begun: report not-ready and refuse new scoring; in-flight work finishes."""
+        if not self.draining:
+            log.info("shutting down: finishing in-flight requests, refusing new ones")
+        self.draining = True
+
     async def stop(self) -> None:
+        self.begin_drain()
         if self._loading is not None and not self._loading.done():
             self._loading.cancel()
         await asyncio.gather(*(b.aclose() for b in self.batchers.values()))
@@ -116,6 +130,10 @@ class ServerRuntime:
                 close()
 
     def require_ready(self) -> None:
+        if self.draining:
+            raise ProblemError(
+                503, "the server is shutting down; retry on another replica", NOT_READY
+            )
         if self.status == "starting":
             raise ProblemError(
                 503, "scorers are still loading; retry shortly", NOT_READY, {"Retry-After": "5"}
@@ -126,6 +144,13 @@ class ServerRuntime:
     def batcher(self, name: str) -> DynamicBatcher:
         self.require_ready()
         batcher = self.batchers.get(name)
+        if batcher is None and name in self.scorers:
+            raise ProblemError(
+                422,
+                f"scorer: {name!r} is a job scorer (its scores come later); "
+                "submit it with POST /v1/jobs",
+                UNKNOWN_SCORER,
+            )
         if batcher is None:
             raise ProblemError(
                 422,
@@ -150,6 +175,8 @@ async def require_api_key(
 ) -> None:
     """Bearer-key check on /v1/*; a no-op when the server has no keys configured."""
     settings = runtime.settings
+    if credentials is not None and not settings.check_api_key(credentials.credentials):
+        await forbid_rater_token(runtime, credentials.credentials)  # 403, not 401
     if not settings.auth_required:
         return
     challenge = {"WWW-Authenticate": 'Bearer realm="ddpo-reward"'}
@@ -237,7 +264,7 @@ def _v1_router() -> APIRouter:
         runtime.require_ready()
         return ScorerList(
             scorers=[
-                ScorerInfo(name=name, version=s.version, description=s.description, kind="sync")
+                ScorerInfo(name=name, version=s.version, description=s.description, kind=s.kind)
                 for name, s in runtime.scorers.items()
             ]
         )
@@ -272,12 +299,16 @@ def _v1_router() -> APIRouter:
         images = await run_in_threadpool(
             decode_items, body.items, settings.max_pixels, settings.max_request_pixels
         )
+        depth = runtime.metrics.queue_depth.labels(body.scorer)
+        depth.inc(len(images))
         try:
             scores, details = await batcher.submit(images, [item.prompt for item in body.items])
         except BatcherClosed as exc:
             raise ProblemError(503, str(exc), NOT_READY) from None
         except ScorerFailed as exc:
             raise ProblemError(500, str(exc), SCORER_FAILED) from None
+        finally:
+            depth.dec(len(images))
         merged = [
             {**(details[i] if details is not None else {}), "id": item.id}
             for i, item in enumerate(body.items)
@@ -327,10 +358,13 @@ def create_app(
         description="Scores generated images for RL fine-tuning. Protocol: docs/protocol.md.",
         lifespan=lifespan,
     )
-    app.state.runtime = ServerRuntime(settings, scorers, registry)
+    app.state.runtime = runtime = ServerRuntime(settings, scorers, registry)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # Added last, so outermost: it counts and tags everything, the body limit's 413s too.
+    app.add_middleware(ObservabilityMiddleware, metrics=runtime.metrics)
     install_problem_handlers(app)
     app.include_router(_v1_router())
+    app.include_router(human_router())  # /v1/jobs, /rate, /admin
     _install_openapi(app)
 
     @app.get("/healthz", response_model=Health)
@@ -341,10 +375,22 @@ def create_app(
     @app.get("/readyz", response_model=Health, responses=_problem_responses(503))
     async def readyz(runtime: Runtime) -> Health | JSONResponse:
         """Readiness: 200 only once scorers are loaded and can score."""
+        if runtime.draining:
+            return problem_response(503, "not ready: shutting down", NOT_READY, "/readyz")
         if runtime.status != "ok":
             detail = "scorers are still loading" if runtime.status == "starting" else runtime.error
             return problem_response(503, f"not ready: {detail}", NOT_READY, "/readyz")
         return Health(status="ok", scorers=list(runtime.scorers))
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus metrics"}},
+    )
+    async def metrics(runtime: Runtime) -> Response:
+        """Prometheus text format: requests, latency, batch sizes, queue depth, errors."""
+        body, content_type = runtime.metrics.render()
+        return Response(body, media_type=content_type)
 
     return app
 

@@ -15,6 +15,7 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,8 @@ from reward_server.scorers.base import Scorer
 log = logging.getLogger(__name__)
 
 Details = list[dict[str, Any]] | None
+#: on_batch(scorer name, batch size, seconds, succeeded), called on the worker thread.
+BatchObserver = Callable[[str, int, float, bool], None]
 
 
 class BatcherClosed(RuntimeError):
@@ -67,9 +70,11 @@ class DynamicBatcher:
         max_wait_s: float = 0.005,
         max_batch_size: int | None = None,
         name: str | None = None,
+        on_batch: BatchObserver | None = None,
     ) -> None:
         self.scorer = scorer
         self.name = name or scorer.name
+        self.on_batch = on_batch
         self.max_wait_s = max_wait_s
         self.max_batch_size = max(1, max_batch_size or scorer.max_batch_size)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -194,6 +199,23 @@ class DynamicBatcher:
 
     def _call_scorer(self, images: list[Image.Image], prompts: list[str]) -> tuple[list, Details]:
         started = time.perf_counter()
+        ok = False
+        try:
+            scores, details = self._score_checked(images, prompts)
+            ok = True
+        finally:
+            elapsed = time.perf_counter() - started
+            if self.on_batch is not None:
+                try:
+                    self.on_batch(self.name, len(images), elapsed, ok)
+                except Exception:  # metrics must never fail a batch
+                    log.exception("batch observer failed")
+        log.debug("scorer %s: batch of %d in %.1f ms", self.name, len(images), elapsed * 1000)
+        return scores, details
+
+    def _score_checked(
+        self, images: list[Image.Image], prompts: list[str]
+    ) -> tuple[list[float], Details]:
         try:
             scores, details = self.scorer.score(images, prompts)
         except Exception as exc:
@@ -210,12 +232,6 @@ class DynamicBatcher:
             raise ScorerFailed(
                 f"scorer {self.name!r} returned {len(details)} details for {len(images)} images"
             )
-        log.debug(
-            "scorer %s: batch of %d in %.1f ms",
-            self.name,
-            len(images),
-            (time.perf_counter() - started) * 1000,
-        )
         return scores, details
 
     @staticmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from typing import Any
 
 from reward_server.settings import ServerSettings
 
@@ -42,6 +43,21 @@ def safe_bind_host(settings: ServerSettings) -> str:
     return LOOPBACK
 
 
+def uvicorn_options(settings: ServerSettings, log_level: str) -> dict[str, Any]:
+    """How uvicorn runs the app: our log handlers, our access log, a bounded graceful drain.
+
+    On SIGTERM uvicorn stops accepting connections and waits for in-flight
+    requests (at most shutdown_timeout_s); then the app's lifespan closes each
+    batcher, which scores everything already submitted before its worker exits.
+    """
+    return {
+        "log_level": log_level.lower(),
+        "log_config": None,  # keep configure_logging's handlers (JSON or text)
+        "access_log": False,  # ObservabilityMiddleware logs each request with its id
+        "timeout_graceful_shutdown": settings.shutdown_timeout_s,
+    }
+
+
 def run_server(
     host: str,
     port: int,
@@ -58,17 +74,16 @@ def run_server(
     import uvicorn
 
     from reward_server.app import create_app
+    from reward_server.observability import configure_logging
     from reward_server.scorers.registry import ScorersUnavailable, UnknownScorer, build_scorers
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     overrides: dict[str, object] = {"host": host, "port": port}
     if scorers is not None:
         overrides["scorers"] = scorers
     if api_keys:
         overrides["api_keys"] = api_keys
     settings = ServerSettings(**overrides)
+    configure_logging(log_level, settings.log_format)
     bind = safe_bind_host(settings)
     try:
         loaded = build_scorers(settings, settings.scorers)
@@ -77,4 +92,4 @@ def run_server(
     if not loaded:
         raise SystemExit("error: no scorer could be loaded; see the log for each reason")
     app = create_app(settings, loaded)
-    uvicorn.run(app, host=bind, port=settings.port, log_level=log_level.lower())
+    uvicorn.run(app, host=bind, port=settings.port, **uvicorn_options(settings, log_level))

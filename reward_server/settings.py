@@ -11,7 +11,7 @@ import hmac
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.protocol import MAX_ITEMS_PER_REQUEST, MAX_PIXELS_PER_IMAGE
@@ -47,7 +47,9 @@ def _split_csv(value: Any) -> Any:
 class ServerSettings(BaseSettings):
     """Everything the reward server reads at start-up. Env: `DDPO_<FIELD>`."""
 
-    model_config = SettingsConfigDict(env_prefix="DDPO_", extra="ignore", validate_default=True)
+    model_config = SettingsConfigDict(
+        env_prefix="DDPO_", extra="ignore", validate_default=True, populate_by_name=True
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -75,6 +77,16 @@ class ServerSettings(BaseSettings):
     )
     batch_max_wait_ms: float = Field(5.0, ge=0)
 
+    # -- operations --
+    log_format: Literal["json", "text"] = Field(
+        "json", description="json: one JSON object per line (for log shippers); text: for people."
+    )
+    shutdown_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="On SIGTERM, how long in-flight requests may take before they are cancelled.",
+    )
+
     device: Literal["auto", "cpu", "cuda"] = "auto"
     allow_download: bool = Field(
         False, description="Let scorers download missing weights from the Hugging Face hub."
@@ -88,6 +100,33 @@ class ServerSettings(BaseSettings):
     aesthetic_head: str = Field(
         LAION_AESTHETIC_HEAD,
         description="Local file (.pth/.safetensors) or `owner/repo/path/in/repo` on the hub.",
+    )
+
+    # -- human rating queue (scorers `human`, `human_pairwise`) --
+    data_dir: Path = Field(
+        Path("data"), description="Where the SQLite rating database lives (if no database_url)."
+    )
+    database_url: str | None = Field(
+        None,
+        repr=False,
+        validation_alias=AliasChoices("DATABASE_URL", "DDPO_DATABASE_URL"),
+        description="SQLAlchemy URL of the rating database, e.g. postgresql://user@host/db; "
+        "default: SQLite (WAL) at data_dir/ratings.db.",
+    )
+    ratings_per_item: int = Field(
+        1, ge=1, le=100, description="Ratings (k) each item of a human job needs for a score."
+    )
+    rating_lease_s: float = Field(
+        120.0, gt=0, description="How long a rater holds an item before it goes back to the queue."
+    )
+    job_deadline_s: float = Field(
+        3600.0, gt=0, description="Longest life of a human job; clients may ask for less."
+    )
+    job_max_wait_s: float = Field(
+        30.0, gt=0, le=300, description="Cap on GET /v1/jobs/{id}?wait=S long polls."
+    )
+    public_url: str | None = Field(
+        None, description="Base URL raters reach this server at (for invite links)."
     )
 
     @field_validator("scorers", mode="before")
@@ -122,6 +161,12 @@ class ServerSettings(BaseSettings):
         for stored in self.api_keys:
             ok |= hmac.compare_digest(digest, stored)
         return ok
+
+    def resolved_database_url(self) -> str:
+        """database_url, or the default SQLite file under data_dir."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'ratings.db').resolve()}"
 
     def resolve_device(self) -> str:
         if self.device != "auto":

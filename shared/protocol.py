@@ -75,3 +75,40 @@ class Problem(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "starting", "unavailable"]
     scorers: list[str] = Field(default_factory=list)
+
+
+# -- jobs: the same request for slow scorers (human ratings), long-polled -------------
+
+JobState = Literal["pending", "done", "expired"]
+
+
+class JobAccepted(BaseModel):
+    """The 202 answer to POST /v1/jobs: where and until when to poll."""
+
+    job_id: str
+    status: JobState = "pending"
+    deadline: float = Field(
+        ..., description="Unix time (seconds) after which unrated items stay unrated."
+    )
+    expires_in_s: float = Field(
+        ..., description="Seconds from now to the deadline, immune to clock skew."
+    )
+
+
+class JobStatus(BaseModel):
+    """GET /v1/jobs/{id}: per-item scores, null until an item has enough ratings."""
+
+    job_id: str
+    scorer: str
+    version: str
+    status: JobState = Field(
+        ...,
+        description="pending: still collecting; done: every ratable item has its ratings; "
+        "expired: the deadline passed (or the job was cancelled) first.",
+    )
+    scores: list[float | None] = Field(
+        ..., description="One entry per item in request order; null without enough ratings."
+    )
+    num_ratings: list[int] = Field(..., description="Ratings (or comparisons) each item has.")
+    ratings_per_item: int = Field(..., description="Ratings an item needs for a score (k).")
+    deadline: float = Field(..., description="Unix time (seconds) of the job's deadline.")

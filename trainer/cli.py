@@ -96,6 +96,57 @@ def serve(
     run_server(host=host, port=port, scorers=names, api_keys=api_key or [], log_level=log_level)
 
 
+@app.command()
+def demo(
+    reward: Annotated[
+        str,
+        typer.Option(help="prompt_fidelity, jpeg_compressibility or jpeg_incompressibility."),
+    ] = "prompt_fidelity",
+    epochs: Annotated[int, typer.Option(min=1, help="DDPO epochs.")] = 20,
+    output: Annotated[Path, typer.Option(help="Output directory.")] = Path("outputs/demo"),
+    model: Annotated[
+        Path | None, typer.Option(help="Pipeline directory (default: built-in tiny model).")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="Logging level.")] = "warning",
+) -> None:
+    """Fine-tune the built-in tiny model with DDPO through a local reward server (CPU, minutes)."""
+    _setup_logging(log_level)
+    from trainer.demo import BUILTIN_MODEL, run_demo
+
+    try:
+        result = run_demo(reward, epochs, output, model or BUILTIN_MODEL, console=console)
+    except (ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    out = result.output_dir
+    console.print(
+        f"\n[bold]reward ({reward})[/bold] on fixed prompts and seeds: "
+        f"{result.reward_before:.3f} before -> {result.reward_after:.3f} after\n"
+        f"epoch reward: {result.first_epoch_reward:.3f} (first) -> "
+        f"{result.last_epoch_reward:.3f} (last)\n"
+        f"  {out / 'before_after.png'}\n  {out / 'reward_curve.png'}\n"
+        f"  {out / 'metrics.jsonl'}\n  {out / 'lora'}  (LoRA, diffusers format)\n"
+        f"  tensorboard --logdir {out / 'tensorboard'}"
+    )
+
+
+def _add_rating_commands() -> None:
+    """`ddpo raters` / `ddpo ratings`, from the reward server's package.
+
+    That module imports typer alone at import time (no fastapi, no database
+    driver), so registering it keeps `ddpo train` light; it is skipped if absent.
+    """
+    try:
+        from reward_server.cli_ratings import raters_app, ratings_app
+    except ImportError:
+        return
+    app.add_typer(raters_app, name="raters", help="Invite and manage human raters.")
+    app.add_typer(ratings_app, name="ratings", help="Export human ratings.")
+
+
+_add_rating_commands()
+
+
 def main() -> None:
     app()
 

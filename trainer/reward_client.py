@@ -5,15 +5,22 @@ scored: `RewardClient.submit` hands a batch to an event loop on a daemon
 thread and returns a `RewardFuture` at once; the trainer blocks only in
 `RewardFuture.result` / `gather_results`, right before the PPO update.
 
-Missing-reward policy: fail. If any endpoint cannot score any item (after
-retries, or past the deadline) the whole batch raises `RewardError`; silently
-training on a partial or substituted reward would bias the update.
+Missing-reward policy: by default, fail. If any endpoint cannot score any
+item (after retries, or past the deadline) the whole batch raises
+`RewardError`; silently training on a partial or substituted reward would bias
+the update. Job endpoints (human ratings: POST /v1/jobs, long-polled) may
+instead opt in per endpoint (`missing`) to "drop" unrated items (their reward
+is NaN and `RewardResult.missing_mask` marks them, for the trainer to leave
+out) or to "fallback", scoring just those items with another scorer on the
+same server. Job endpoints stop polling a little before the deadline
+(`job_margin_s`) so that partial results and the fallback still fit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import logging
@@ -23,7 +30,7 @@ import random
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -31,7 +38,14 @@ import numpy as np
 from pydantic import TypeAdapter, ValidationError
 
 from shared.images import encode_png
-from shared.protocol import MAX_ITEMS_PER_REQUEST, ScoreItem, ScoreResponse, ScorerList
+from shared.protocol import (
+    MAX_ITEMS_PER_REQUEST,
+    JobAccepted,
+    JobStatus,
+    ScoreItem,
+    ScoreResponse,
+    ScorerList,
+)
 from trainer.config import RewardEndpoint
 
 logger = logging.getLogger(__name__)
@@ -55,9 +69,15 @@ class RewardServerUnavailable(RewardError):
 class RewardResult:
     """Rewards for one batch (or several, concatenated in submit order)."""
 
-    rewards: np.ndarray  # (B,) float32: sum of weight * score over endpoints
+    rewards: np.ndarray  # (B,) float32: sum of weight * score over endpoints; NaN if dropped
     per_scorer: dict[str, np.ndarray]  # unweighted (B,) float32 scores per endpoint
     wait_s: float  # seconds the caller blocked waiting for this result
+    #: (B,) bool: True where a job endpoint had no score and `missing = "drop"` left NaN.
+    missing_mask: np.ndarray | None = None
+    #: Counts over (job endpoint, item) pairs: scored by ratings, left NaN, filled by fallback.
+    num_rated: int = 0
+    num_dropped: int = 0
+    num_filled: int = 0
 
 
 @dataclass
@@ -68,6 +88,8 @@ class _Batch:
     prompts: list[str]
     ids: list[str]
     metadata: list[dict[str, Any]]
+    deadline: float = math.inf  # time.monotonic() value
+    counts: dict[str, int] = field(default_factory=lambda: {"rated": 0, "dropped": 0, "filled": 0})
 
 
 class RewardFuture:
@@ -130,10 +152,18 @@ def gather_results(futures: Sequence[RewardFuture]) -> tuple[RewardResult, float
     keys = list(results[0].per_scorer)
     if any(list(r.per_scorer) != keys for r in results):
         raise ValueError("futures come from clients with different endpoints")
+    masks = [
+        r.missing_mask if r.missing_mask is not None else np.zeros(len(r.rewards), dtype=bool)
+        for r in results
+    ]
     combined = RewardResult(
         rewards=np.concatenate([r.rewards for r in results]),
         per_scorer={k: np.concatenate([r.per_scorer[k] for r in results]) for k in keys},
         wait_s=waited,
+        missing_mask=np.concatenate(masks),
+        num_rated=sum(r.num_rated for r in results),
+        num_dropped=sum(r.num_dropped for r in results),
+        num_filled=sum(r.num_filled for r in results),
     )
     return combined, waited
 
@@ -176,6 +206,10 @@ def _problem_detail(resp: httpx.Response) -> str:
 
 def _encode_items(batch: _Batch, start: int, stop: int) -> bytes:
     """PNG-encode one chunk and serialise its items once, shared by every endpoint and retry."""
+    return _encode_indices(batch, range(start, stop))
+
+
+def _encode_indices(batch: _Batch, indices: Sequence[int]) -> bytes:
     items = [
         ScoreItem(
             id=batch.ids[i],
@@ -183,9 +217,13 @@ def _encode_items(batch: _Batch, start: int, stop: int) -> bytes:
             image=encode_png(batch.images[i]),
             metadata=batch.metadata[i],
         )
-        for i in range(start, stop)
+        for i in indices
     ]
     return _ITEMS_JSON.dump_json(items)
+
+
+def _score_body(scorer: str, items_json: bytes) -> bytes:
+    return b'{"scorer":' + json.dumps(scorer).encode() + b',"items":' + items_json + b"}"
 
 
 class RewardClient:
@@ -205,8 +243,15 @@ class RewardClient:
         backoff_max_s: float = 8.0,
         encode_workers: int | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        job_poll_s: float = 30.0,
+        job_margin_s: float | None = None,
     ) -> None:
-        """`deadline_s` bounds each batch from submit to result; `transport` is for tests."""
+        """`deadline_s` bounds each batch from submit to result; `transport` is for tests.
+
+        Job endpoints long-poll up to `job_poll_s` per request and stop `job_margin_s`
+        (default: 10% of the deadline, at most 10 s) before the deadline, to collect
+        what is rated and apply the endpoint's `missing` policy in time.
+        """
         if not endpoints:
             raise ValueError("RewardClient needs at least one reward endpoint")
         if deadline_s <= 0:
@@ -219,6 +264,12 @@ class RewardClient:
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self._keys = _scorer_keys(self.endpoints)
+        self.job_poll_s = job_poll_s
+        self.job_margin_s = (
+            min(10.0, 0.1 * self.deadline_s) if job_margin_s is None else job_margin_s
+        )
+        self._kinds: dict[str, dict[str, str]] = {}  # url -> scorer -> "sync" | "job"
+        self._kind_locks: dict[str, asyncio.Lock] = {}
         self._closed = False
         self._close_lock = threading.Lock()
 
@@ -265,9 +316,8 @@ class RewardClient:
         for name, seq in (("prompts", prompts), ("ids", ids), ("metadata", metadata)):
             if len(seq) != n:
                 raise ValueError(f"{len(seq)} {name} for {n} images")
-        batch = _Batch(np.array(images, copy=True, order="C"), prompts, ids, metadata)
-
         deadline = time.monotonic() + self.deadline_s
+        batch = _Batch(np.array(images, copy=True, order="C"), prompts, ids, metadata, deadline)
         coro = self._score_with_deadline(batch, deadline)
         try:
             cf = asyncio.run_coroutine_threadsafe(coro, self._loop)
@@ -354,10 +404,16 @@ class RewardClient:
         ]
         await _all_or_cancel(tasks)
         weights = np.array([ep.weight for ep in self.endpoints], dtype=np.float64)
+        missing = np.isnan(scores).any(axis=0)
+        rewards = np.where(missing, np.nan, weights @ np.nan_to_num(scores))
         return RewardResult(
-            rewards=(weights @ scores).astype(np.float32),
+            rewards=rewards.astype(np.float32),
             per_scorer={k: scores[i].astype(np.float32) for i, k in enumerate(self._keys)},
             wait_s=0.0,
+            missing_mask=missing,
+            num_rated=batch.counts["rated"],
+            num_dropped=batch.counts["dropped"],
+            num_filled=batch.counts["filled"],
         )
 
     async def _score_chunk(
@@ -375,7 +431,7 @@ class RewardClient:
             raise RewardError(f"cannot encode {label} for scoring: {exc}") from exc
         del pending[label]
         posts = [
-            asyncio.ensure_future(self._post_chunk(i, items_json, start, stop, out, pending))
+            asyncio.ensure_future(self._post_chunk(i, batch, items_json, start, stop, out, pending))
             for i in range(len(self.endpoints))
         ]
         await _all_or_cancel(posts)
@@ -383,6 +439,7 @@ class RewardClient:
     async def _post_chunk(
         self,
         index: int,
+        batch: _Batch,
         items_json: bytes,
         start: int,
         stop: int,
@@ -391,34 +448,54 @@ class RewardClient:
     ) -> None:
         ep = self.endpoints[index]
         label = f"{_describe(ep)} items {start}-{stop - 1}"
-        body = b'{"scorer":' + json.dumps(ep.scorer).encode() + b',"items":' + items_json + b"}"
+        body = _score_body(ep.scorer, items_json)
         pending[label] = "in flight"
-        out[index, start:stop] = await self._post_with_retries(
-            ep, body, stop - start, label, pending
-        )
+        if await self._kind(ep) == "job":
+            out[index, start:stop] = await self._run_job(ep, batch, body, start, label, pending)
+        else:
+            out[index, start:stop] = await self._post_with_retries(
+                ep, body, stop - start, label, pending
+            )
         del pending[label]
 
     async def _post_with_retries(
         self, ep: RewardEndpoint, body: bytes, n: int, label: str, pending: dict[str, str]
     ) -> np.ndarray:
-        url = f"{_base_url(ep.url)}/v1/score"
-        headers = {"Content-Type": "application/json", **_headers(ep.api_key)}
+        resp = await self._request(ep, "POST", "/v1/score", label, pending, content=body)
+        return _parse_scores(resp, ep, n)
+
+    async def _request(
+        self,
+        ep: RewardEndpoint,
+        method: str,
+        path: str,
+        label: str,
+        pending: dict[str, str],
+        content: bytes | None = None,
+        extra_timeout_s: float = 0.0,
+    ) -> httpx.Response:
+        """One request with retries on connection errors, 5xx, 408 and 429; 4xx fail at once."""
+        url = f"{_base_url(ep.url)}{path}"
+        headers = _headers(ep.api_key)
+        if content is not None:
+            headers["Content-Type"] = "application/json"
         attempt = 0
         while True:
             retry_after: float | None = None
             try:
-                resp = await self._http.post(
+                resp = await self._http.request(
+                    method,
                     url,
-                    content=body,
+                    content=content,
                     headers=headers,
-                    timeout=httpx.Timeout(ep.timeout_s, pool=None),
+                    timeout=httpx.Timeout(ep.timeout_s + extra_timeout_s, pool=None),
                 )
             except httpx.TransportError as exc:  # connect/read errors and timeouts
                 reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             else:
                 status = resp.status_code
                 if status < 400:
-                    return _parse_scores(resp, ep, n)
+                    return resp
                 reason = f"HTTP {status}: {_problem_detail(resp)}"
                 if status < 500 and status not in _RETRY_4XX:
                     raise RewardError(f"{_describe(ep)} rejected the request: {reason}")
@@ -445,6 +522,101 @@ class RewardClient:
         if retry_after is not None:
             delay = max(delay, min(retry_after, self.backoff_max_s))
         return delay
+
+    # -- job endpoints (human ratings) -----------------------------------------------
+
+    async def _kind(self, ep: RewardEndpoint) -> str:
+        """ "sync" or "job": the endpoint's mode, or for "auto" what GET /v1/scorers says."""
+        if ep.mode != "auto":
+            return ep.mode
+        url = _base_url(ep.url)
+        lock = self._kind_locks.setdefault(url, asyncio.Lock())
+        async with lock:
+            if url not in self._kinds:
+                try:
+                    resp = await self._http.get(
+                        f"{url}/v1/scorers", headers=_headers(ep.api_key), timeout=ep.timeout_s
+                    )
+                    listing = ScorerList.model_validate_json(resp.content)
+                    self._kinds[url] = {s.name: s.kind for s in listing.scorers}
+                except (httpx.TransportError, ValidationError) as exc:
+                    # Sync is what every protocol server offers; the score call will say more.
+                    logger.warning("%s: cannot list scorers (%s); assuming sync", url, exc)
+                    return "sync"
+        return self._kinds[url].get(ep.scorer, "sync")
+
+    async def _run_job(
+        self,
+        ep: RewardEndpoint,
+        batch: _Batch,
+        body: bytes,
+        start: int,
+        label: str,
+        pending: dict[str, str],
+    ) -> np.ndarray:
+        """Submit a job, long-poll it until done or just before the deadline, apply `missing`."""
+        stop_at = batch.deadline - self.job_margin_s
+        lifetime = max(1.0, stop_at - time.monotonic())
+        resp = await self._request(
+            ep, "POST", f"/v1/jobs?deadline_s={lifetime:.3f}", label, pending, content=body
+        )
+        try:
+            job_id = JobAccepted.model_validate_json(resp.content).job_id
+        except ValidationError as exc:
+            raise RewardError(f"{_describe(ep)} sent an invalid job answer: {exc}") from None
+        while True:
+            wait = max(0.0, min(self.job_poll_s, stop_at - time.monotonic()))
+            pending[label] = f"job {job_id}: waiting for ratings"
+            resp = await self._request(
+                ep,
+                "GET",
+                f"/v1/jobs/{job_id}?wait={wait:.3f}",
+                label,
+                pending,
+                extra_timeout_s=wait,
+            )
+            try:
+                status = JobStatus.model_validate_json(resp.content)
+            except ValidationError as exc:
+                raise RewardError(f"{_describe(ep)} sent an invalid job status: {exc}") from None
+            if status.status != "pending" or time.monotonic() >= stop_at:
+                break
+        n = len(status.scores)
+        scores = np.array([np.nan if s is None else s for s in status.scores], dtype=np.float64)
+        missing = [i for i in range(n) if status.scores[i] is None]
+        batch.counts["rated"] += n - len(missing)
+        if status.status == "pending":  # we stop waiting: free the raters from this job
+            with contextlib.suppress(httpx.HTTPError):
+                await self._http.delete(
+                    f"{_base_url(ep.url)}/v1/jobs/{job_id}",
+                    headers=_headers(ep.api_key),
+                    timeout=ep.timeout_s,
+                )
+        if not missing:
+            return scores
+        why = (
+            f"{_describe(ep)}: {len(missing)} of {n} items lack ratings "
+            f"(job {job_id} {status.status}, {status.ratings_per_item} needed per item)"
+        )
+        if ep.missing == "fail":
+            raise RewardError(why + "; set missing = 'drop' or 'fallback' to go on without them")
+        if ep.missing == "drop":
+            logger.warning("%s; dropping them", why)
+            batch.counts["dropped"] += len(missing)
+            return scores
+        assert ep.fallback_scorer is not None
+        logger.warning("%s; scoring them with %r", why, ep.fallback_scorer)
+        loop = asyncio.get_running_loop()
+        subset = await loop.run_in_executor(
+            self._executor, _encode_indices, batch, [start + i for i in missing]
+        )
+        fallback_ep = ep.model_copy(update={"scorer": ep.fallback_scorer, "mode": "sync"})
+        filled = await self._post_with_retries(
+            fallback_ep, _score_body(ep.fallback_scorer, subset), len(missing), label, pending
+        )
+        scores[missing] = filled
+        batch.counts["filled"] += len(missing)
+        return scores
 
     async def _check_ready(self, timeout_s: float) -> list[str]:
         by_url: dict[str, list[RewardEndpoint]] = {}
@@ -477,15 +649,31 @@ class RewardClient:
                 f"{_problem_detail(listing)}"
             ]
         try:
-            served = [s.name for s in ScorerList.model_validate_json(listing.content).scorers]
+            kinds = {
+                s.name: s.kind for s in ScorerList.model_validate_json(listing.content).scorers
+            }
         except ValidationError as exc:
             return [f"reward server {url}: GET /v1/scorers is not a scorer list: {exc}"]
-        return [
-            f"reward server {url} does not serve scorer {ep.scorer!r}; "
-            f"available: {', '.join(served) or '(none)'}"
-            for ep in eps
-            if ep.scorer not in served
-        ]
+        self._kinds[url] = kinds
+        served = list(kinds)
+        problems = []
+        for ep in eps:
+            if ep.scorer not in kinds:
+                problems.append(
+                    f"reward server {url} does not serve scorer {ep.scorer!r}; "
+                    f"available: {', '.join(served) or '(none)'}"
+                )
+            elif ep.mode != "auto" and ep.mode != kinds[ep.scorer]:
+                problems.append(
+                    f"reward server {url}: scorer {ep.scorer!r} is a {kinds[ep.scorer]} scorer, "
+                    f"but the endpoint says mode = {ep.mode!r}"
+                )
+            if ep.missing == "fallback" and kinds.get(ep.fallback_scorer or "") != "sync":
+                problems.append(
+                    f"reward server {url}: fallback scorer {ep.fallback_scorer!r} is not a "
+                    f"sync scorer it serves; available: {', '.join(served) or '(none)'}"
+                )
+        return problems
 
 
 def _retry_after(resp: httpx.Response) -> float | None:

@@ -67,6 +67,25 @@ def _pick_prompts(
     return rng.integers(0, len(prompts), size=cfg.sample_batch_size).tolist()
 
 
+def advantages(
+    cfg: TrainConfig, tracker: PerPromptStatTracker, prompts: list[str], rewards: np.ndarray
+) -> np.ndarray:
+    """Normalised advantages; samples without a reward (NaN: dropped) get 0.
+
+    Dropped samples stay in the PPO batch with zero advantage, so they exert no
+    gradient while every rank keeps the same number of train batches (DDP needs that).
+    """
+    adv = np.zeros(len(rewards), dtype=np.float32)
+    ok = np.isfinite(rewards)
+    if not ok.any():
+        return adv
+    if cfg.per_prompt_stat_tracking:
+        adv[ok] = tracker.update([p for p, k in zip(prompts, ok, strict=True) if k], rewards[ok])
+    else:
+        adv[ok] = normalize_global(rewards[ok])
+    return adv
+
+
 def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     """Run DDPO as configured; safe to call under `accelerate launch` / torchrun."""
     accelerator = Accelerator(
@@ -168,11 +187,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
             local_rewards = torch.as_tensor(rewards_result.rewards, device=accelerator.device)
             all_rewards = accelerator.gather(local_rewards).cpu().numpy()
             all_ids = accelerator.gather(trajs.prompt_ids.to(accelerator.device)).cpu().numpy()
-            if cfg.per_prompt_stat_tracking:
-                adv = tracker.update([prompts[i] for i in all_ids], all_rewards)
-            else:
-                adv = normalize_global(all_rewards)
+            adv = advantages(cfg, tracker, [prompts[i] for i in all_ids], all_rewards)
             adv = torch.as_tensor(adv, dtype=torch.float32).reshape(world, -1)[rank]
+            counts = torch.tensor(
+                [rewards_result.num_rated, rewards_result.num_dropped, rewards_result.num_filled],
+                device=accelerator.device,
+            )
+            num_rated, num_dropped, num_filled = accelerator.reduce(counts, "sum").tolist()
+            scored = all_rewards[np.isfinite(all_rewards)]
 
             gen = torch.Generator().manual_seed(sample_seed(cfg.seed, epoch, rank, 2**31, 0))
             stats = ppo_update(accelerator, family, unet, optimizer, trajs, adv, cfg, gen, uncond)
@@ -187,10 +209,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
             }
             record = {
                 "epoch": epoch,
-                "reward_mean": float(all_rewards.mean()),
-                "reward_std": float(all_rewards.std()),
+                "reward_mean": float(scored.mean()) if scored.size else float("nan"),
+                "reward_std": float(scored.std()) if scored.size else float("nan"),
                 "num_samples": int(all_rewards.size),
-                **{f"reward_{k}_mean": float(v.mean()) for k, v in per_scorer_all.items()},
+                "num_dropped": int(num_dropped),
+                "num_filled": int(num_filled),
+                "num_rated": int(num_rated),
+                **{f"reward_{k}_mean": float(np.nanmean(v)) for k, v in per_scorer_all.items()},
                 **stats,
                 "time_sampling_s": t_sampled - t0,
                 "time_reward_wait_s": wait_s,

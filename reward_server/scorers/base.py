@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Literal
 
 from PIL import Image
 
@@ -24,6 +24,9 @@ class Scorer(ABC):
     description: str = ""
     #: Largest batch the dynamic batcher hands to `score` at once.
     max_batch_size: int = 64
+    #: "sync": answers within a request (POST /v1/score). "job": answers later, when
+    #: people have rated (POST /v1/jobs, long-polled); such scorers get no batcher.
+    kind: Literal["sync", "job"] = "sync"
 
     @abstractmethod
     def score(

@@ -63,14 +63,26 @@ class ScorerRegistry:
 
     def __init__(self) -> None:
         self._factories: dict[str, ScorerFactory] = {}
+        self._opt_in: set[str] = set()
 
-    def register(self, name: str, factory: ScorerFactory, *, replace: bool = False) -> None:
+    def register(
+        self, name: str, factory: ScorerFactory, *, replace: bool = False, default: bool = True
+    ) -> None:
+        """default=False: built only when named, never by "load everything at hand"."""
         if name in self._factories and not replace:
             raise ValueError(f"scorer {name!r} is already registered")
         self._factories[name] = factory
+        if default:
+            self._opt_in.discard(name)
+        else:
+            self._opt_in.add(name)
 
     def names(self) -> list[str]:
         return list(self._factories)
+
+    def default_names(self) -> list[str]:
+        """What a server loads when no scorers are named."""
+        return [n for n in self._factories if n not in self._opt_in]
 
     def build(self, name: str, settings: ServerSettings) -> Scorer:
         """Build one scorer; raises UnknownScorer or ScorerUnavailable (with the reason)."""
@@ -91,6 +103,13 @@ def default_registry() -> ScorerRegistry:
     registry.register("jpeg_compressibility", _jpeg_compressibility)
     registry.register("jpeg_incompressibility", _jpeg_incompressibility)
     registry.register("prompt_fidelity", module_factory("reward_server.scorers.prompt_fidelity"))
+    # The rating queue opens a database: only when asked for by name.
+    registry.register("human", module_factory("reward_server.scorers.human"), default=False)
+    registry.register(
+        "human_pairwise",
+        module_factory("reward_server.scorers.human", "build_pairwise"),
+        default=False,
+    )
     return registry
 
 
@@ -105,14 +124,14 @@ def build_scorers(
 ) -> dict[str, Scorer]:
     """Build scorers by name.
 
-    names=None: every registered scorer whose weights and packages are at hand;
+    names=None: every default scorer whose weights and packages are at hand;
     the others are skipped with a log line saying why (a factory that crashes
     is logged with its traceback and skipped too). Explicit names: all must
     build, else ScorersUnavailable (or UnknownScorer) explains which and why.
     """
     registry = registry or default_registry()
     explicit = names is not None
-    wanted = list(dict.fromkeys(names)) if names is not None else registry.names()
+    wanted = list(dict.fromkeys(names)) if names is not None else registry.default_names()
     if explicit:
         unknown = [n for n in wanted if n not in registry.names()]
         if unknown:

@@ -1,0 +1,92 @@
+"""Procedural coloured shapes: the tiny model's training data and the fidelity scorer's labels.
+
+Shared by the trainer tools and the reward server, so it depends on numpy and PIL only.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow")
+BACKGROUNDS: tuple[str, ...] = ("white", "black", "gray")
+
+#: Base RGB values; drawing adds a little jitter so the model sees a spread, not one exact tone.
+RGB: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "green": (30, 180, 40),
+    "blue": (30, 60, 220),
+    "yellow": (235, 215, 30),
+    "white": (245, 245, 245),
+    "black": (15, 15, 15),
+    "gray": (128, 128, 128),
+}
+
+_SUPERSAMPLE = 4
+_PROMPT_RE = re.compile(r"^\s*an?\s+(\w+)\s+(\w+)\s+on\s+an?\s+(\w+)\s+background\s*\.?\s*$")
+
+
+def _jitter(rgb: tuple[int, int, int], rng: np.random.Generator, amount: int) -> tuple[int, ...]:
+    noise = rng.integers(-amount, amount + 1, size=3)
+    return tuple(int(v) for v in np.clip(np.asarray(rgb) + noise, 0, 255))
+
+
+def draw(
+    shape: str, colour: str, background: str, rng: np.random.Generator, size: int = 64
+) -> np.ndarray:
+    """Draw one anti-aliased shape with random size, position and slight tone jitter."""
+    if shape not in SHAPES or colour not in COLOURS or background not in BACKGROUNDS:
+        raise ValueError(f"unknown attributes: {shape!r}, {colour!r}, {background!r}")
+    big = size * _SUPERSAMPLE
+    img = Image.new("RGB", (big, big), _jitter(RGB[background], rng, 8))
+    pen = ImageDraw.Draw(img)
+    half = rng.uniform(0.17, 0.32) * big  # half-extent of the shape
+    margin = half + 0.04 * big
+    cx, cy = rng.uniform(margin, big - margin, size=2)
+    fill = _jitter(RGB[colour], rng, 15)
+    if shape == "circle":
+        pen.ellipse((cx - half, cy - half, cx + half, cy + half), fill=fill)
+    elif shape == "square":
+        s = half * 0.9  # a square of the same half-extent looks bigger than the circle
+        pen.rectangle((cx - s, cy - s, cx + s, cy + s), fill=fill)
+    else:
+        pen.polygon(
+            [(cx, cy - half), (cx + half, cy + half * 0.8), (cx - half, cy + half * 0.8)],
+            fill=fill,
+        )
+    return np.asarray(img.resize((size, size), Image.Resampling.BOX), dtype=np.uint8)
+
+
+def prompt_for(shape: str, colour: str, background: str) -> str:
+    """The canonical prompt, e.g. 'a red circle on a blue background'."""
+    return f"a {colour} {shape} on a {background} background"
+
+
+def parse_prompt(prompt: str) -> tuple[str, str, str] | None:
+    """Inverse of prompt_for (case and article tolerant); None for anything else."""
+    match = _PROMPT_RE.match(prompt.lower())
+    if match is None:
+        return None
+    colour, shape, background = match.groups()
+    if shape not in SHAPES or colour not in COLOURS or background not in BACKGROUNDS:
+        return None
+    return shape, colour, background
+
+
+def all_triples() -> list[tuple[str, str, str]]:
+    """Every (shape, colour, background) combination, in a fixed order."""
+    return [(s, c, b) for s in SHAPES for c in COLOURS for b in BACKGROUNDS]
+
+
+def all_prompts() -> list[str]:
+    """Every canonical prompt, in the order of all_triples()."""
+    return [prompt_for(*t) for t in all_triples()]
+
+
+def vocabulary() -> list[str]:
+    """Every word the canonical prompts use; the tiny model's tokenizer is built from it."""
+    words = {"a", "an", "on", "background", *SHAPES, *COLOURS, *BACKGROUNDS}
+    return sorted(words)
