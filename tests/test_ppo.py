@@ -131,3 +131,48 @@ def test_batched_timesteps_give_the_same_update(tiny_sd):
         for k in ref:
             torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-6)
     unet.requires_grad_(False)
+
+
+def test_update_raises_log_prob_of_positive_advantage_samples(tiny_sd):
+    """The PPO step moves the policy towards samples with positive advantage."""
+    from accelerate import Accelerator
+
+    from trainer.ppo import ppo_update
+
+    family = load_family(str(tiny_sd), None, torch.device("cpu"), torch.float32)
+    unet = family.unet
+    trajs = sample_trajectories(
+        family,
+        unet,
+        ["a", "b"],
+        torch.arange(2),
+        [7, 8],
+        num_steps=6,
+        guidance_scale=4.0,
+        eta=1.0,
+        resolution=32,
+    )
+    uncond = family.encode_unconditional(32)
+    initial = {k: v.clone() for k, v in unet.state_dict().items()}
+    unet.requires_grad_(True)
+    accelerator = Accelerator(cpu=True)
+    opt = accelerator.prepare(torch.optim.SGD(unet.parameters(), lr=1e-3))
+    cfg = _config(
+        sample_num_steps=6,
+        sample_batch_size=2,
+        train_batch_size=2,
+        train_timesteps_per_pass=6,
+        train_clip_range=10.0,
+    )
+    adv = torch.tensor([1.0, -1.0])
+    ppo_update(accelerator, family, unet, opt, trajs, adv, cfg, torch.Generator(), uncond)
+    unc = {k: v.expand(2, *v.shape[1:]) for k, v in uncond.items()}
+    delta = torch.zeros(2)
+    with torch.no_grad():
+        for j in range(6):
+            col = torch.full((2,), j)
+            lp = recompute_log_prob(family, unet, trajs, col, unc, 4.0, 1.0)
+            delta += lp - trajs.log_probs[:, j]
+    unet.load_state_dict(initial)
+    unet.requires_grad_(False)
+    assert delta[0] > 0 > delta[1], delta

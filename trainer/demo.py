@@ -15,13 +15,13 @@ import numpy as np
 import torch
 
 from shared.shapes import all_prompts
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, apply_overrides, build_config
 
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUILTIN_MODEL = REPO_ROOT / "models" / "tiny-sd"
-DEMO_REWARDS = ("prompt_fidelity", "jpeg_compressibility", "jpeg_incompressibility")
+DEMO_REWARDS = ("jpeg_incompressibility", "jpeg_compressibility", "prompt_fidelity")
 
 #: Fixed prompts and seeds for the before/after comparison.
 EVAL_PROMPTS = [
@@ -33,6 +33,7 @@ EVAL_PROMPTS = [
     "a blue circle on a white background",
 ]
 EVAL_SEEDS = [101, 202]
+DEMO_STEPS = 10
 
 
 @dataclass
@@ -42,6 +43,7 @@ class DemoResult:
     reward_after: float
     first_epoch_reward: float
     last_epoch_reward: float
+    weights: Path
 
 
 def demo_config(
@@ -55,18 +57,18 @@ def demo_config(
         seed=0,
         num_epochs=epochs,
         mixed_precision="no",
-        use_lora=True,
-        lora_rank=8,
-        lora_alpha=8,
+        # Full fine-tuning: on this 4M-parameter UNet LoRA on attention moved the
+        # reward too slowly for a minutes-long demo (docs/tiny-model.md).
+        use_lora=False,
         resolution=64,
-        sample_num_steps=20,
+        sample_num_steps=DEMO_STEPS,
         sample_guidance_scale=3.0,
         sample_batch_size=8,
         sample_num_batches_per_epoch=2,
         train_batch_size=8,
-        train_timesteps_per_pass=10,
+        train_timesteps_per_pass=DEMO_STEPS,
         train_learning_rate=1e-3,
-        train_clip_range=1e-3,
+        train_clip_range=0.1,
         per_prompt_stat_tracking=False,
         save_freq=max(1, epochs),
         log_images_every=max(1, epochs // 5),
@@ -75,14 +77,21 @@ def demo_config(
 
 
 @torch.no_grad()
-def _eval_images(model: Path, lora: Path | None) -> np.ndarray:
-    """Images for EVAL_PROMPTS x EVAL_SEEDS with the trainer's own sampler (eta 1)."""
+def _eval_images(model: Path, trained: Path | None) -> np.ndarray:
+    """Images for EVAL_PROMPTS x EVAL_SEEDS with the trainer's own sampler (eta 1).
+
+    `trained` is the run's output: its lora/ (LoRA) or unet/ (full fine-tuning).
+    """
+    from diffusers import UNet2DConditionModel
+
     from trainer.families import load_family
     from trainer.sampling import sample_trajectories
 
     family = load_family(str(model), None, torch.device("cpu"), torch.float32)
-    if lora is not None:
-        family.pipeline.load_lora_weights(str(lora))
+    if trained is not None and (trained / "lora").is_dir():
+        family.pipeline.load_lora_weights(str(trained / "lora"))
+    elif trained is not None:
+        family.pipeline.unet = UNet2DConditionModel.from_pretrained(str(trained / "unet"))
     prompts = [p for p in EVAL_PROMPTS for _ in EVAL_SEEDS]
     seeds = [s for _ in EVAL_PROMPTS for s in EVAL_SEEDS]
     trajs = sample_trajectories(
@@ -91,7 +100,7 @@ def _eval_images(model: Path, lora: Path | None) -> np.ndarray:
         prompts,
         torch.arange(len(prompts)),
         seeds,
-        num_steps=20,
+        num_steps=DEMO_STEPS,
         guidance_scale=3.0,
         eta=1.0,
         resolution=64,
@@ -162,11 +171,12 @@ def _reward_curve_png(path: Path, records: list[dict], name: str) -> None:
 
 
 def run_demo(
-    reward: str = "prompt_fidelity",
-    epochs: int = 20,
+    reward: str = "jpeg_incompressibility",
+    epochs: int = 15,
     output_dir: Path = Path("outputs/demo"),
     model: Path = BUILTIN_MODEL,
     console=None,
+    overrides: list[str] | None = None,
 ) -> DemoResult:
     """Run the demo; the reward server child is stopped however this exits."""
     from trainer.run_log import read_metrics
@@ -176,6 +186,13 @@ def run_demo(
     say = console.print if console is not None else print
     if reward not in DEMO_REWARDS:
         raise ValueError(f"unknown demo reward {reward!r}; choose from {', '.join(DEMO_REWARDS)}")
+    if overrides:  # fail on a bad override before starting anything
+        build_config(
+            apply_overrides(
+                demo_config(reward, epochs, output_dir, "x", model).model_dump(mode="json"),
+                list(overrides),
+            )
+        )
     if not (Path(model) / "model_index.json").is_file():
         raise FileNotFoundError(f"no diffusers pipeline at {model} (model_index.json missing)")
     output_dir = Path(output_dir)
@@ -192,9 +209,12 @@ def run_demo(
         before = _eval_images(model, None)
         score_before = _score(server.url, reward, before)
         cfg = demo_config(reward, epochs, output_dir, server.url, model)
+        if overrides:
+            data = apply_overrides(cfg.model_dump(mode="json"), overrides)
+            cfg = build_config(data)
         say(f"fine-tuning with DDPO for {epochs} epochs ...")
         train(cfg)
-        after = _eval_images(model, output_dir / "lora")
+        after = _eval_images(model, output_dir)
         score_after = _score(server.url, reward, after)
 
     records = read_metrics(output_dir)
@@ -208,6 +228,7 @@ def run_demo(
         reward_after=float(score_after.mean()),
         first_epoch_reward=records[0]["reward_mean"],
         last_epoch_reward=records[-1]["reward_mean"],
+        weights=output_dir / ("lora" if cfg.use_lora else "unet"),
     )
     (output_dir / "demo_summary.json").write_text(
         json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in result.__dict__.items()})

@@ -1,0 +1,104 @@
+"""`ddpo demo`: files written, reward up, and the server child never outlives the demo."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def demo_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "trainer.cli", "demo", *args]
+
+
+def server_pid(text: str) -> int:
+    match = re.search(r"reward server ready at \S+ \(pid (\d+)\)", text)
+    assert match, text
+    return int(match.group(1))
+
+
+def gone(pid: int, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_short_demo_writes_files_and_raises_reward(tmp_path):
+    out = tmp_path / "demo"
+    proc = subprocess.run(
+        demo_cmd("--epochs", "4", "--output", str(out)),
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name in ("before_after.png", "reward_curve.png", "metrics.jsonl"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    summary = json.loads((out / "demo_summary.json").read_text())
+    assert summary["reward_after"] > summary["reward_before"], summary
+    assert gone(server_pid(proc.stderr + proc.stdout))
+
+
+def test_interrupted_demo_stops_the_server(tmp_path):
+    proc = subprocess.Popen(
+        demo_cmd("--epochs", "50", "--output", str(tmp_path / "demo")),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=ENV,
+    )
+    seen = ""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        seen += line
+        if "fine-tuning" in line:
+            break
+    pid = server_pid(seen)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    assert gone(pid), "reward server still running after Ctrl-C"
+
+
+def test_failed_demo_stops_the_server(tmp_path):
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "model_index.json").write_text("{}")
+    proc = subprocess.run(
+        demo_cmd("--epochs", "1", "--output", str(tmp_path / "demo"), "--model", str(broken)),
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
+    assert proc.returncode != 0
+    assert gone(server_pid(proc.stderr + proc.stdout))
+
+
+def test_unknown_reward_is_a_clear_error(tmp_path):
+    proc = subprocess.run(
+        demo_cmd("--reward", "beauty", "--output", str(tmp_path / "d")),
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "unknown demo reward 'beauty'" in proc.stderr
+    assert not Path(tmp_path / "d").exists()
