@@ -143,3 +143,21 @@ def test_down_reward_server_fails_fast_naming_it(tmp_path, tiny_sd):
     assert proc.returncode == 1
     assert url in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_full_fine_tuning_in_bf16_resumes(tmp_path, server, tiny_sd):
+    cfg = write_config(tmp_path, tiny_sd, server.url)
+    common = ["--set", "use_lora=false", "--set", "mixed_precision=bf16"]
+    ddpo("train", "--config", str(cfg), *common, "--set", "num_epochs=1")
+    ddpo("train", "--config", str(cfg), *common, "--set", "num_epochs=2", "--resume")
+    records = read_metrics(tmp_path / "out")
+    assert [r["epoch"] for r in records] == [0, 1]
+    assert all(np.isfinite(r["approx_kl"]) for r in records)
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(str(tmp_path / "out" / "unet"))
+    base = UNet2DConditionModel.from_pretrained(str(tiny_sd), subfolder="unet")
+    changed = any(
+        not torch.equal(a, b) for a, b in zip(unet.parameters(), base.parameters(), strict=True)
+    )
+    assert changed, "full fine-tuning left the UNet unchanged"
