@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomllib
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -22,7 +22,14 @@ class RewardEndpoint(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(..., description="Base URL of a reward server, e.g. http://127.0.0.1:8000.")
+    url: str | list[str] = Field(
+        ...,
+        description="Base URL of a reward server, e.g. http://127.0.0.1:8000, or a list of "
+        "base URLs of identical replicas (same scorers): requests are spread across them "
+        "(least outstanding, then round-robin), a connection error or 5xx on one is retried "
+        "on another, and a replica that failed is avoided for a cool-down period. Startup "
+        "needs at least one replica ready.",
+    )
     scorer: str = Field(..., description="Scorer name on that server.")
     weight: float = Field(1.0, description="Weight of this scorer in the summed reward.")
     api_key: str | None = Field(None, description="Sent as `Authorization: Bearer KEY`.")
@@ -41,6 +48,23 @@ class RewardEndpoint(BaseModel):
     fallback_scorer: str | None = Field(
         None, description="A sync scorer on the same server, for missing = 'fallback'."
     )
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | list[str]) -> str | list[str]:
+        urls = [value] if isinstance(value, str) else value
+        if not urls:
+            raise ValueError("url needs at least one URL")
+        if any(not u.strip() for u in urls):
+            raise ValueError("url must not be empty")
+        if len({u.rstrip("/") for u in urls}) != len(urls):
+            raise ValueError("url lists the same URL twice")
+        return value
+
+    @property
+    def urls(self) -> list[str]:
+        """`url` as a list: one entry per replica."""
+        return [self.url] if isinstance(self.url, str) else list(self.url)
 
     @model_validator(mode="after")
     def _check_fallback(self) -> RewardEndpoint:

@@ -14,6 +14,12 @@ is NaN and `RewardResult.missing_mask` marks them, for the trainer to leave
 out) or to "fallback", scoring just those items with another scorer on the
 same server. Job endpoints stop polling a little before the deadline
 (`job_margin_s`) so that partial results and the fallback still fit.
+
+Scale-out: an endpoint's `url` may list several replicas. Each request goes to
+the replica with the fewest requests in flight (ties round-robin); a
+connection error or 5xx fails over at once to a replica not yet tried, and a
+replica that failed is avoided for `failover_cooldown_s` (unless all are).
+A job stays on the replica that accepted it.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import os
 import random
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -173,7 +180,7 @@ def _scorer_keys(endpoints: Sequence[RewardEndpoint]) -> list[str]:
     names = [ep.scorer for ep in endpoints]
     keys: list[str] = []
     for i, ep in enumerate(endpoints):
-        key = ep.scorer if names.count(ep.scorer) == 1 else f"{ep.scorer}@{ep.url}"
+        key = ep.scorer if names.count(ep.scorer) == 1 else f"{ep.scorer}@{_url_text(ep)}"
         if key in keys:
             key = f"{key}#{i}"
         keys.append(key)
@@ -184,8 +191,14 @@ def _base_url(url: str) -> str:
     return url.rstrip("/")
 
 
-def _describe(ep: RewardEndpoint) -> str:
-    return f"reward endpoint {_base_url(ep.url)} (scorer {ep.scorer!r})"
+def _url_text(ep: RewardEndpoint) -> str:
+    """The endpoint's URL as configured; replicas joined by commas."""
+    return ep.url if isinstance(ep.url, str) else ",".join(ep.url)
+
+
+def _describe(ep: RewardEndpoint, url: str | None = None) -> str:
+    where = url or ",".join(_base_url(u) for u in ep.urls)
+    return f"reward endpoint {where} (scorer {ep.scorer!r})"
 
 
 def _headers(api_key: str | None) -> dict[str, str]:
@@ -245,8 +258,12 @@ class RewardClient:
         transport: httpx.AsyncBaseTransport | None = None,
         job_poll_s: float = 30.0,
         job_margin_s: float | None = None,
+        failover_cooldown_s: float = 30.0,
     ) -> None:
         """`deadline_s` bounds each batch from submit to result; `transport` is for tests.
+
+        A replica URL that gave a connection error or 5xx is avoided for
+        `failover_cooldown_s` while another replica of the endpoint is healthy.
 
         Job endpoints long-poll up to `job_poll_s` per request and stop `job_margin_s`
         (default: 10% of the deadline, at most 10 s) before the deadline, to collect
@@ -270,6 +287,11 @@ class RewardClient:
         )
         self._kinds: dict[str, dict[str, str]] = {}  # url -> scorer -> "sync" | "job"
         self._kind_locks: dict[str, asyncio.Lock] = {}
+        self.failover_cooldown_s = failover_cooldown_s
+        # Replica choice; touched only on the event loop thread.
+        self._down_until: dict[str, float] = {}  # base url -> time.monotonic() value
+        self._in_flight: defaultdict[str, int] = defaultdict(int)  # base url -> requests
+        self._turn: defaultdict[tuple[str, ...], int] = defaultdict(int)  # round-robin
         self._closed = False
         self._close_lock = threading.Lock()
 
@@ -335,12 +357,16 @@ class RewardClient:
             problems = cf.result(timeout=timeout_s + _DEADLINE_GRACE_S)
         except concurrent.futures.TimeoutError:
             cf.cancel()
-            urls = sorted({_base_url(ep.url) for ep in self.endpoints})
+            urls = sorted({_base_url(u) for ep in self.endpoints for u in ep.urls})
             raise RewardServerUnavailable(
                 f"reward servers {', '.join(urls)} did not answer within {timeout_s:g}s"
             ) from None
         if problems:
             raise RewardServerUnavailable("; ".join(problems))
+
+    def url_in_cooldown(self, url: str) -> bool:
+        """Whether a replica URL is being avoided after a failure (for tests and logs)."""
+        return self._down_until.get(_base_url(url), 0.0) > time.monotonic()
 
     def close(self) -> None:
         """Cancel outstanding batches, close connections and stop the loop and encode threads."""
@@ -461,8 +487,24 @@ class RewardClient:
     async def _post_with_retries(
         self, ep: RewardEndpoint, body: bytes, n: int, label: str, pending: dict[str, str]
     ) -> np.ndarray:
-        resp = await self._request(ep, "POST", "/v1/score", label, pending, content=body)
+        resp, _ = await self._request(ep, "POST", "/v1/score", label, pending, content=body)
         return _parse_scores(resp, ep, n)
+
+    def _cooling(self, base: str, now: float) -> bool:
+        return self._down_until.get(base, 0.0) > now
+
+    def _pick_url(self, bases: list[str], tried: set[str]) -> str:
+        """Fewest in flight among healthy replicas not yet tried, ties round-robin."""
+        now = time.monotonic()
+        fresh = [b for b in bases if b not in tried] or bases
+        healthy = [b for b in fresh if not self._cooling(b, now)]
+        if not healthy:  # all cooling down: the one that failed longest ago
+            return min(fresh, key=lambda b: self._down_until.get(b, 0.0))
+        key = tuple(bases)
+        turn = self._turn[key] % len(healthy)
+        self._turn[key] += 1
+        rotated = healthy[turn:] + healthy[:turn]
+        return min(rotated, key=lambda b: self._in_flight[b])
 
     async def _request(
         self,
@@ -473,40 +515,73 @@ class RewardClient:
         pending: dict[str, str],
         content: bytes | None = None,
         extra_timeout_s: float = 0.0,
-    ) -> httpx.Response:
-        """One request with retries on connection errors, 5xx, 408 and 429; 4xx fail at once."""
-        url = f"{_base_url(ep.url)}{path}"
+        pin: str | None = None,
+    ) -> tuple[httpx.Response, str]:
+        """One request with retries on connection errors, 5xx, 408 and 429; 4xx fail at once.
+
+        Returns the response and the replica base URL that gave it. Connection
+        errors and 5xx fail over at once to a healthy replica not yet tried, without
+        using up a retry; `pin` keeps every attempt on one replica (a job's).
+        """
+        bases = [pin] if pin is not None else [_base_url(u) for u in ep.urls]
         headers = _headers(ep.api_key)
         if content is not None:
             headers["Content-Type"] = "application/json"
         attempt = 0
+        tries = 0
+        tried: set[str] = set()
         while True:
+            base = self._pick_url(bases, tried)
+            tried.add(base)
+            tries += 1
             retry_after: float | None = None
+            failed_over = False
+            self._in_flight[base] += 1
             try:
                 resp = await self._http.request(
                     method,
-                    url,
+                    f"{base}{path}",
                     content=content,
                     headers=headers,
                     timeout=httpx.Timeout(ep.timeout_s + extra_timeout_s, pool=None),
                 )
             except httpx.TransportError as exc:  # connect/read errors and timeouts
                 reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                failed_over = True
             else:
                 status = resp.status_code
                 if status < 400:
-                    return resp
+                    self._down_until.pop(base, None)
+                    return resp, base
                 reason = f"HTTP {status}: {_problem_detail(resp)}"
                 if status < 500 and status not in _RETRY_4XX:
-                    raise RewardError(f"{_describe(ep)} rejected the request: {reason}")
+                    raise RewardError(f"{_describe(ep, base)} rejected the request: {reason}")
                 retry_after = _retry_after(resp)
+                failed_over = status >= 500
+            finally:
+                self._in_flight[base] -= 1
+            if failed_over and len(ep.urls) > 1:
+                now = time.monotonic()
+                if not self._cooling(base, now):
+                    logger.warning(
+                        "%s: %s; avoiding it for %gs",
+                        _describe(ep, base),
+                        reason,
+                        self.failover_cooldown_s,
+                    )
+                self._down_until[base] = now + self.failover_cooldown_s
+                if pin is None and any(b not in tried and not self._cooling(b, now) for b in bases):
+                    pending[label] = f"failing over after {reason}"
+                    continue
             if attempt >= ep.max_retries:
-                raise RewardError(f"{_describe(ep)} failed after {attempt + 1} attempts: {reason}")
+                last = f" (last on {base})" if len(bases) > 1 else ""
+                raise RewardError(f"{_describe(ep)} failed after {tries} attempts: {reason}{last}")
             delay = self._backoff(attempt, retry_after)
             attempt += 1
+            tried.clear()
             logger.warning(
                 "%s: %s; retry %d/%d in %.2fs",
-                _describe(ep),
+                _describe(ep, base),
                 reason,
                 attempt,
                 ep.max_retries,
@@ -529,21 +604,27 @@ class RewardClient:
         """ "sync" or "job": the endpoint's mode, or for "auto" what GET /v1/scorers says."""
         if ep.mode != "auto":
             return ep.mode
-        url = _base_url(ep.url)
-        lock = self._kind_locks.setdefault(url, asyncio.Lock())
-        async with lock:
-            if url not in self._kinds:
-                try:
-                    resp = await self._http.get(
-                        f"{url}/v1/scorers", headers=_headers(ep.api_key), timeout=ep.timeout_s
-                    )
-                    listing = ScorerList.model_validate_json(resp.content)
-                    self._kinds[url] = {s.name: s.kind for s in listing.scorers}
-                except (httpx.TransportError, ValidationError) as exc:
-                    # Sync is what every protocol server offers; the score call will say more.
-                    logger.warning("%s: cannot list scorers (%s); assuming sync", url, exc)
-                    return "sync"
-        return self._kinds[url].get(ep.scorer, "sync")
+        now = time.monotonic()
+        bases = sorted((_base_url(u) for u in ep.urls), key=lambda b: self._cooling(b, now))
+        for url in bases:  # replicas serve the same scorers: the first that answers says
+            lock = self._kind_locks.setdefault(url, asyncio.Lock())
+            async with lock:
+                if url not in self._kinds:
+                    try:
+                        resp = await self._http.get(
+                            f"{url}/v1/scorers",
+                            headers=_headers(ep.api_key),
+                            timeout=ep.timeout_s,
+                        )
+                        listing = ScorerList.model_validate_json(resp.content)
+                        self._kinds[url] = {s.name: s.kind for s in listing.scorers}
+                    except (httpx.TransportError, ValidationError) as exc:
+                        logger.warning("%s: cannot list scorers (%s)", url, exc)
+                        continue
+            return self._kinds[url].get(ep.scorer, "sync")
+        # Sync is what every protocol server offers; the score call will say more.
+        logger.warning("%s: cannot list scorers anywhere; assuming sync", _describe(ep))
+        return "sync"
 
     async def _run_job(
         self,
@@ -557,7 +638,7 @@ class RewardClient:
         """Submit a job, long-poll it until done or just before the deadline, apply `missing`."""
         stop_at = batch.deadline - self.job_margin_s
         lifetime = max(1.0, stop_at - time.monotonic())
-        resp = await self._request(
+        resp, base = await self._request(
             ep, "POST", f"/v1/jobs?deadline_s={lifetime:.3f}", label, pending, content=body
         )
         try:
@@ -567,13 +648,14 @@ class RewardClient:
         while True:
             wait = max(0.0, min(self.job_poll_s, stop_at - time.monotonic()))
             pending[label] = f"job {job_id}: waiting for ratings"
-            resp = await self._request(
+            resp, _ = await self._request(
                 ep,
                 "GET",
                 f"/v1/jobs/{job_id}?wait={wait:.3f}",
                 label,
                 pending,
                 extra_timeout_s=wait,
+                pin=base,
             )
             try:
                 status = JobStatus.model_validate_json(resp.content)
@@ -588,7 +670,7 @@ class RewardClient:
         if status.status == "pending":  # we stop waiting: free the raters from this job
             with contextlib.suppress(httpx.HTTPError):
                 await self._http.delete(
-                    f"{_base_url(ep.url)}/v1/jobs/{job_id}",
+                    f"{base}/v1/jobs/{job_id}",
                     headers=_headers(ep.api_key),
                     timeout=ep.timeout_s,
                 )
@@ -619,45 +701,84 @@ class RewardClient:
         return scores
 
     async def _check_ready(self, timeout_s: float) -> list[str]:
-        by_url: dict[str, list[RewardEndpoint]] = {}
-        for ep in self.endpoints:
-            by_url.setdefault(_base_url(ep.url), []).append(ep)
+        """Problems that leave some endpoint with no usable replica; warn about the others."""
+        by_url: dict[str, list[int]] = {}
+        for i, ep in enumerate(self.endpoints):
+            for u in ep.urls:
+                by_url.setdefault(_base_url(u), []).append(i)
+        urls = list(by_url)
         results = await asyncio.gather(
-            *(self._check_url(url, eps, timeout_s) for url, eps in by_url.items())
+            *(
+                self._check_url(url, [self.endpoints[i] for i in by_url[url]], timeout_s)
+                for url in urls
+            )
         )
-        return [p for problems in results for p in problems]
+        found: dict[tuple[int, str], list[str]] = {}  # (endpoint, url) -> problems
+        for url, per_ep in zip(urls, results, strict=True):
+            for i, problems in zip(by_url[url], per_ep, strict=True):
+                found[(i, url)] = problems
+        now = time.monotonic()
+        errors: list[str] = []
+        warned: set[str] = set()
+        for i, ep in enumerate(self.endpoints):
+            bases = [_base_url(u) for u in ep.urls]
+            bad = [p for b in bases for p in found[(i, b)]]
+            if any(not found[(i, b)] for b in bases):
+                for b in bases:
+                    if found[(i, b)]:
+                        self._down_until[b] = now + self.failover_cooldown_s
+                for p in bad:
+                    if p not in warned:
+                        warned.add(p)
+                        logger.warning("%s (another replica is ready)", p)
+            else:
+                errors.extend(p for p in bad if p not in errors)
+        return errors
 
-    async def _check_url(self, url: str, eps: list[RewardEndpoint], timeout_s: float) -> list[str]:
+    async def _check_url(
+        self, url: str, eps: list[RewardEndpoint], timeout_s: float
+    ) -> list[list[str]]:
+        """Problems with each of `eps` on this one server."""
+        server_problems = await self._check_server(url, eps, timeout_s)
+        if isinstance(server_problems, str):
+            return [[server_problems] for _ in eps]
+        return server_problems
+
+    async def _check_server(
+        self, url: str, eps: list[RewardEndpoint], timeout_s: float
+    ) -> str | list[list[str]]:
         api_key = next((ep.api_key for ep in eps if ep.api_key), None)
         headers = _headers(api_key)
         timeout = httpx.Timeout(timeout_s)
         try:
             ready = await self._http.get(f"{url}/readyz", headers=headers, timeout=timeout)
             if ready.status_code != 200:
-                return [
+                return (
                     f"reward server {url} is not ready: HTTP {ready.status_code}: "
                     f"{_problem_detail(ready)}"
-                ]
+                )
             listing = await self._http.get(f"{url}/v1/scorers", headers=headers, timeout=timeout)
         except httpx.ConnectError as exc:
-            return [f"reward server {url} is unreachable (connection refused?): {exc}"]
+            return f"reward server {url} is unreachable (connection refused?): {exc}"
         except httpx.TransportError as exc:
-            return [f"reward server {url} did not answer: {type(exc).__name__}: {exc}"]
+            return f"reward server {url} did not answer: {type(exc).__name__}: {exc}"
         if listing.status_code != 200:
-            return [
+            return (
                 f"reward server {url}: GET /v1/scorers gave HTTP {listing.status_code}: "
                 f"{_problem_detail(listing)}"
-            ]
+            )
         try:
             kinds = {
                 s.name: s.kind for s in ScorerList.model_validate_json(listing.content).scorers
             }
         except ValidationError as exc:
-            return [f"reward server {url}: GET /v1/scorers is not a scorer list: {exc}"]
+            return f"reward server {url}: GET /v1/scorers is not a scorer list: {exc}"
         self._kinds[url] = kinds
         served = list(kinds)
-        problems = []
+        per_ep: list[list[str]] = []
         for ep in eps:
+            problems: list[str] = []
+            per_ep.append(problems)
             if ep.scorer not in kinds:
                 problems.append(
                     f"reward server {url} does not serve scorer {ep.scorer!r}; "
@@ -673,7 +794,7 @@ class RewardClient:
                     f"reward server {url}: fallback scorer {ep.fallback_scorer!r} is not a "
                     f"sync scorer it serves; available: {', '.join(served) or '(none)'}"
                 )
-        return problems
+        return per_ep
 
 
 def _retry_after(resp: httpx.Response) -> float | None:
