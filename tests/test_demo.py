@@ -71,7 +71,7 @@ def test_interrupted_demo_stops_the_server(tmp_path):
             break
     pid = server_pid(seen)
     proc.send_signal(signal.SIGINT)  # Ctrl-C
-    proc.wait(timeout=60)
+    proc.communicate(timeout=60)  # drain the pipe: a full pipe would block the child
     assert proc.returncode != 0
     assert gone(pid), "reward server still running after Ctrl-C"
 
