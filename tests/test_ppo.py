@@ -176,3 +176,11 @@ def test_update_raises_log_prob_of_positive_advantage_samples(tiny_sd):
     unet.load_state_dict(initial)
     unet.requires_grad_(False)
     assert delta[0] > 0 > delta[1], delta
+
+
+def test_random_pipeline_tokenizer_distinguishes_prompts(tiny_sd):
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(str(tiny_sd), subfolder="tokenizer")
+    assert len(tok) > 500
+    assert tok("a red circle").input_ids != tok("a blue square").input_ids

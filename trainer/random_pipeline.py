@@ -42,12 +42,17 @@ def _tokenizer(directory: Path, max_length: int):
     from transformers import CLIPTokenizer
 
     vocab_size = _write_char_tokenizer(directory)
-    tok = CLIPTokenizer(
-        vocab_file=str(directory / "vocab.json"),
-        merges_file=str(directory / "merges.txt"),
-        model_max_length=max_length,
-        pad_token="<|endoftext|>",
-    )
+    vocab = json.loads((directory / "vocab.json").read_text())
+    try:  # transformers >= 5 takes the vocabulary itself and ignores file arguments
+        tok = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
+    except TypeError:  # transformers 4
+        tok = CLIPTokenizer(
+            vocab_file=str(directory / "vocab.json"),
+            merges_file=str(directory / "merges.txt"),
+            model_max_length=max_length,
+        )
+    if len(tok) != vocab_size:
+        raise RuntimeError(f"tokenizer has {len(tok)} tokens, expected {vocab_size}")
     return tok, vocab_size
 
 

@@ -1,0 +1,296 @@
+"""Helpers shared by the benchmark scripts.
+
+Only the standard library is imported at module level: trl_ddpo_epoch.py runs
+in the separate trl venv (benchmarks/.venv-trl), which has no `trainer`
+package and other diffusers/transformers versions.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import json
+import os
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+RESULTS_DIR = BENCH_DIR / "results"
+CACHE_DIR = BENCH_DIR / ".cache"
+TRL_VENV = BENCH_DIR / ".venv-trl"
+PROMPTS_FILE = REPO / "configs" / "aesthetic_prompts.txt"
+
+#: The settings every epoch benchmark uses, ours and trl's alike (trl's key names).
+SETTINGS = {
+    "sample_batch_size": 6,
+    "sample_num_batches_per_epoch": 2,
+    "sample_num_steps": 20,
+    "sample_guidance_scale": 5.0,
+    "sample_eta": 1.0,
+    "train_batch_size": 3,
+    "train_gradient_accumulation_steps": 1,
+    "train_num_inner_epochs": 1,
+    "train_learning_rate": 3e-4,
+    "train_clip_range": 1e-4,
+    "train_adv_clip_max": 5.0,
+    "train_timestep_fraction": 1.0,
+    "train_max_grad_norm": 1.0,
+    "train_cfg": True,
+    "per_prompt_stat_tracking": True,
+    "per_prompt_stat_tracking_buffer_size": 32,
+    "per_prompt_stat_tracking_min_count": 16,
+    "mixed_precision": "no",
+    "use_lora": True,
+}
+#: UNet sample_size 32 with the 2-level random VAE (scale factor 2): 64 px images.
+SAMPLE_SIZE = 32
+IMAGE_PX = 64
+
+
+def single_thread_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for child processes: one intra-op thread each, offline, quiet.
+
+    Tiny models gain nothing from more threads, and a trainer, a reward server
+    and the benchmark itself on 2 shared cores oversubscribe badly otherwise.
+    """
+    env = dict(os.environ)
+    env.update(
+        {
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_VERBOSITY": "error",
+            "DIFFUSERS_VERBOSITY": "error",
+            "PYTHONWARNINGS": "ignore",
+        }
+    )
+    env.update(extra or {})
+    return env
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so `with RewardServerProcess(...)` stops its child."""
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+def prompts() -> list[str]:
+    lines = PROMPTS_FILE.read_text(encoding="utf-8").splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
+
+
+def summarize(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"n": 0}
+    return {
+        "n": len(values),
+        "min": min(values),
+        "median": statistics.median(values),
+        "max": max(values),
+    }
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def versions(names: list[str]) -> dict[str, str]:
+    out = {}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+OUR_PACKAGES = [
+    "torch",
+    "diffusers",
+    "transformers",
+    "peft",
+    "accelerate",
+    "numpy",
+    "pillow",
+    "httpx",
+    "fastapi",
+    "uvicorn",
+    "pydantic",
+    "h11",
+    "httptools",
+    "uvloop",
+]
+TRL_PACKAGES = ["trl", "torch", "diffusers", "transformers", "peft", "accelerate", "pillow"]
+
+
+def machine_info() -> dict[str, object]:
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "loadavg_at_start": load,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+    }
+
+
+def trl_python() -> Path:
+    return TRL_VENV / "bin" / "python"
+
+
+def trl_versions() -> dict[str, str]:
+    """Package versions inside the trl venv (asked of that interpreter)."""
+    import subprocess
+
+    code = (
+        "import importlib.metadata as m, json, sys\n"
+        "out = {}\n"
+        "for n in sys.argv[1:]:\n"
+        "    try: out[n] = m.version(n)\n"
+        "    except m.PackageNotFoundError: out[n] = 'not installed'\n"
+        "print(json.dumps(out))\n"
+    )
+    res = subprocess.run(
+        [str(trl_python()), "-c", code, *TRL_PACKAGES], capture_output=True, text=True, check=True
+    )
+    return json.loads(res.stdout)
+
+
+def write_result(name: str, data: dict[str, object]) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    return path
+
+
+# -- the shared tiny pipeline (built with the project's venv) ---------------------------------
+
+
+def build_bench_pipeline(path: Path, sample_size: int = SAMPLE_SIZE) -> Path:
+    """The random-weight SD pipeline both trainers load, readable by transformers 4 and 5.
+
+    trainer.random_pipeline builds its CLIPTokenizer with `vocab_file=`/`merges_file=`,
+    which transformers 5 ignores (its CLIPTokenizer takes `vocab=`/`merges=`), so the
+    saved tokenizer.json holds only the two special tokens and every prompt becomes
+    the same token ids; transformers 4.x (trl's venv) cannot load that directory at
+    all (no vocab.json). So the tokenizer is written again here: the same byte-level
+    vocabulary as tokenizer.json and as vocab.json + merges.txt.
+    """
+    path = Path(path)
+    marker = path / ".bench-pipeline.json"
+    want = {"sample_size": sample_size, "version": 2}
+    if marker.is_file() and json.loads(marker.read_text()) == want:
+        return path
+    from transformers import CLIPTokenizer
+
+    from trainer.random_pipeline import _write_char_tokenizer, build_random_sd
+
+    build_random_sd(path, sample_size=sample_size)
+    tok_dir = path / "tokenizer"
+    _write_char_tokenizer(tok_dir)  # vocab.json + merges.txt, for the slow tokenizer
+    vocab = json.loads((tok_dir / "vocab.json").read_text())
+    max_length = json.loads((tok_dir / "tokenizer_config.json").read_text())["model_max_length"]
+    try:
+        tok = CLIPTokenizer(
+            vocab=vocab, merges=[], model_max_length=max_length, pad_token="<|endoftext|>"
+        )
+    except TypeError:  # transformers 4: file arguments
+        tok = CLIPTokenizer(
+            vocab_file=str(tok_dir / "vocab.json"),
+            merges_file=str(tok_dir / "merges.txt"),
+            model_max_length=max_length,
+            pad_token="<|endoftext|>",
+        )
+    if len(tok) != len(vocab):
+        raise RuntimeError(f"tokenizer has {len(tok)} tokens, expected {len(vocab)}")
+    tok.save_pretrained(tok_dir)
+    _write_char_tokenizer(tok_dir)  # save_pretrained may have dropped them
+    check = CLIPTokenizer.from_pretrained(tok_dir)
+    if len(check) != len(vocab):
+        raise RuntimeError(f"saved tokenizer has {len(check)} tokens, expected {len(vocab)}")
+    marker.write_text(json.dumps(want))
+    return path
+
+
+def default_pipeline_dir() -> Path:
+    return CACHE_DIR / f"tiny-sd-{IMAGE_PX}px"
+
+
+def ours_config_toml(
+    model_dir: Path, output_dir: Path, server_url: str, epochs: int, seed: int = 0
+) -> str:
+    """A `ddpo train` config with SETTINGS; checkpoints only at the end, no image logging."""
+    s = SETTINGS
+    lines = [
+        f'pretrained_model = "{model_dir}"',
+        f'prompts_file = "{PROMPTS_FILE}"',
+        f'output_dir = "{output_dir}"',
+        f"seed = {seed}",
+        f"num_epochs = {epochs}",
+        f"save_freq = {max(epochs, 1)}",
+        "num_checkpoint_limit = 1",
+        "log_images_every = 0",
+        f"use_lora = {str(s['use_lora']).lower()}",
+        f'mixed_precision = "{s["mixed_precision"]}"',
+    ]
+    for key in (
+        "sample_num_steps",
+        "sample_eta",
+        "sample_guidance_scale",
+        "sample_batch_size",
+        "sample_num_batches_per_epoch",
+        "train_batch_size",
+        "train_gradient_accumulation_steps",
+        "train_learning_rate",
+        "train_num_inner_epochs",
+        "train_clip_range",
+        "train_adv_clip_max",
+        "train_timestep_fraction",
+        "train_max_grad_norm",
+        "per_prompt_stat_tracking_buffer_size",
+        "per_prompt_stat_tracking_min_count",
+    ):
+        lines.append(f"{key} = {s[key]}")
+    lines += [
+        f"train_cfg = {str(s['train_cfg']).lower()}",
+        f"per_prompt_stat_tracking = {str(s['per_prompt_stat_tracking']).lower()}",
+        "",
+        "[[rewards]]",
+        f'url = "{server_url}"',
+        'scorer = "jpeg_compressibility"',
+        'mode = "sync"',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def our_epochs(metrics_path: Path, skip: int = 1) -> list[dict[str, float]]:
+    """Per-epoch phase times from a run's metrics.jsonl, the first `skip` (warm-up) left out."""
+    rows = [json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln.strip()]
+    out = []
+    for r in rows[skip:]:
+        total = r["time_total_s"]
+        s, w, t = r["time_sampling_s"], r["time_reward_wait_s"], r["time_training_s"]
+        out.append(
+            {
+                "epoch": r["epoch"],
+                "total_s": total,
+                "sampling_s": s,
+                "reward_wait_s": w,
+                "training_s": t,
+                "overhead_s": total - s - w - t,
+            }
+        )
+    return out

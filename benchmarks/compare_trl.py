@@ -1,0 +1,165 @@
+"""Epoch time, ours vs trl's DDPOTrainer, measured alternately in one invocation.
+
+Ours: `ddpo train` with rewards over HTTP from a reward server subprocess
+(jpeg_compressibility). trl: benchmarks/trl_ddpo_epoch.py in benchmarks/.venv-trl
+(make it with benchmarks/setup_trl_venv.sh), reward computed in-process. Both
+load the same tiny random-weight SD pipeline directory (64 px images) with the
+same settings (_common.SETTINGS). Each round runs one process of each, in
+alternating order; every process's first epoch is a warm-up and is left out.
+
+    python benchmarks/compare_trl.py --rounds 2 --epochs 4
+
+Prints the median epoch time of each, ours/trl (pooled medians, and the median of
+the per-round ratios), and our reward-wait share of the epoch; writes
+benchmarks/results/compare_trl.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import (
+    BENCH_DIR,
+    OUR_PACKAGES,
+    SETTINGS,
+    build_bench_pipeline,
+    default_pipeline_dir,
+    machine_info,
+    our_epochs,
+    single_thread_env,
+    stop_on_sigterm,
+    summarize,
+    trl_python,
+    trl_versions,
+    versions,
+    write_result,
+)
+from epoch_breakdown import run_ours
+
+PHASES = ["sampling_s", "reward_wait_s", "training_s", "overhead_s"]
+
+
+def run_trl(model_dir: Path, epochs: int, workdir: Path, seed: int) -> list[dict[str, float]]:
+    out = workdir / f"trl-{time.monotonic_ns()}.json"
+    cmd = [
+        str(trl_python()),
+        str(BENCH_DIR / "trl_ddpo_epoch.py"),
+        "--model-dir",
+        str(model_dir),
+        "--epochs",
+        str(epochs),
+        "--seed",
+        str(seed),
+        "--out",
+        str(out),
+    ]
+    log = out.with_suffix(".log")
+    with log.open("wb") as fh:
+        proc = subprocess.run(
+            cmd, env=single_thread_env(), stdout=fh, stderr=subprocess.STDOUT, cwd=workdir
+        )
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"trl run failed ({proc.returncode}):\n{tail}")
+    rows = json.loads(out.read_text())["epochs"][1:]  # first epoch: warm-up
+    for r in rows:  # same key names as ours
+        r["reward_wait_s"] = r.pop("reward_s", 0.0)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=4, help="per process; the first is a warm-up")
+    ap.add_argument("--model-dir", type=Path, default=None)
+    ap.add_argument("--out", default="compare_trl")
+    args = ap.parse_args()
+    stop_on_sigterm()
+    if not trl_python().exists():
+        sys.exit(f"{trl_python()} is missing: run benchmarks/setup_trl_venv.sh first")
+
+    from trainer.server_process import RewardServerProcess
+
+    info = machine_info()
+    model_dir = build_bench_pipeline(args.model_dir or default_pipeline_dir())
+    work = Path(tempfile.mkdtemp(prefix="ddpo-compare-"))
+    ours: list[dict[str, float]] = []
+    trl: list[dict[str, float]] = []
+    rounds = []
+    with RewardServerProcess(
+        ["jpeg_compressibility"],
+        log_file=work / "server.log",
+        extra_env=single_thread_env({"DDPO_LOG_FORMAT": "text"}),
+    ) as server:
+        for r in range(args.rounds):
+            order = ["ours", "trl"] if r % 2 == 0 else ["trl", "ours"]
+            got: dict[str, list[dict[str, float]]] = {}
+            for who in order:
+                t0 = time.perf_counter()
+                if who == "ours":
+                    out = run_ours(model_dir, server.url, args.epochs, work, seed=r)
+                    got[who] = our_epochs(out / "metrics.jsonl", skip=1)
+                else:
+                    got[who] = run_trl(model_dir, args.epochs, work, seed=r)
+                med = statistics.median(e["total_s"] for e in got[who])
+                wall = time.perf_counter() - t0
+                print(f"round {r} {who:>4}: median epoch {med:.2f}s (process {wall:.0f}s)")
+            ours += got["ours"]
+            trl += got["trl"]
+            o = statistics.median(e["total_s"] for e in got["ours"])
+            t = statistics.median(e["total_s"] for e in got["trl"])
+            rounds.append({"round": r, "order": order, "ours_median_s": o, "trl_median_s": t})
+
+    def phase_table(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+        return {k: summarize([e[k] for e in rows]) for k in [*PHASES, "total_s"]}
+
+    ours_t, trl_t = phase_table(ours), phase_table(trl)
+    ratio = ours_t["total_s"]["median"] / trl_t["total_s"]["median"]
+    round_ratios = [x["ours_median_s"] / x["trl_median_s"] for x in rounds]
+    wait_share = [e["reward_wait_s"] / e["total_s"] for e in ours]
+
+    print(f"\nepoch time, {len(ours)} + {len(trl)} timed epochs ({args.rounds} rounds)")
+    print(f"{'phase':<14}{'ours med s':>11}{'trl med s':>11}{'ours min':>10}{'trl min':>10}")
+    for k in [*PHASES, "total_s"]:
+        print(
+            f"{k.removesuffix('_s'):<14}{ours_t[k]['median']:>11.3f}{trl_t[k]['median']:>11.3f}"
+            f"{ours_t[k]['min']:>10.3f}{trl_t[k]['min']:>10.3f}"
+        )
+    print(f"\nours/trl (pooled medians): {ratio:.3f}   target <= 0.5")
+    print(f"ours/trl per round: {', '.join(f'{x:.3f}' for x in round_ratios)}")
+    print(
+        f"our reward wait: median {100 * statistics.median(wait_share):.3f}% of the epoch, "
+        f"max {100 * max(wait_share):.3f}%   target <= 2%"
+    )
+    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    path = write_result(
+        args.out,
+        {
+            "command": command,
+            "machine": info,
+            "versions": {"ours": versions(OUR_PACKAGES), "trl_venv": trl_versions()},
+            "settings": {**SETTINGS, "image_px": 64},
+            "epochs_per_process": args.epochs,
+            "warmup_epochs_dropped_per_process": 1,
+            "ours": {"phases": ours_t, "epochs": ours},
+            "trl": {"phases": trl_t, "epochs": trl},
+            "ratio_ours_over_trl_pooled_median": ratio,
+            "ratio_per_round": round_ratios,
+            "rounds": rounds,
+            "ours_reward_wait_share": summarize(wait_share),
+        },
+    )
+    print(f"wrote {path}")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
