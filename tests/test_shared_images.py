@@ -42,3 +42,20 @@ def test_decode_guards() -> None:
     with pytest.raises(ImageDecodeError, match="truncated"):
         decode_image(ImagePayload(data=cut))
     assert raw.startswith(b"\x89PNG")
+
+
+def test_fast_png_is_lossless_and_readable_by_pillow():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from shared.images import png_bytes
+
+    rng = np.random.default_rng(1)
+    for shape in ((1, 1, 3), (7, 13, 3), (64, 64, 3)):
+        img = rng.integers(0, 256, size=shape, dtype=np.uint8)
+        for level in (0, 1, 9):
+            decoded = Image.open(io.BytesIO(png_bytes(img, level)))
+            assert decoded.format == "PNG" and decoded.mode == "RGB"
+            assert (np.asarray(decoded) == img).all()
