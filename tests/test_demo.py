@@ -62,6 +62,9 @@ def test_interrupted_demo_stops_the_server(tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
         env=ENV,
+        # A shell that starts jobs in the background (CI runners, `cmd &`) hands them
+        # SIGINT ignored, and Python then never raises KeyboardInterrupt; restore it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     seen = ""
     assert proc.stdout is not None
