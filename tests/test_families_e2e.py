@@ -67,9 +67,8 @@ def test_sdxl_recomputed_log_probs_give_ratio_one(tiny_sdxl):
     assert set(trajs.embeds) == {"prompt_embeds", "pooled_embeds", "time_ids"}
     uncond = fam.encode_unconditional(32)
     assert torch.count_nonzero(uncond["prompt_embeds"]) == 0  # force_zeros_for_empty_prompt
-    unc = {k: v.expand(2, *v.shape[1:]) for k, v in uncond.items()}
     col = torch.tensor([3, 1])
     with torch.no_grad():
-        lp = recompute_log_prob(fam, fam.unet, trajs, col, unc, 4.0, 1.0)
+        lp = recompute_log_prob(fam, fam.unet, trajs, col, uncond, 4.0, 1.0)
     ratio = torch.exp(lp - trajs.log_probs[torch.arange(2), col])
     assert (ratio - 1).abs().max() < 1e-4

@@ -53,11 +53,10 @@ def test_recomputed_log_probs_give_ratio_one(tiny_sd, capsys):
     gen = torch.Generator().manual_seed(0)
     for half in (torch.tensor([2, 0]), torch.tensor([3, 1])):
         batch: Trajectories = trajs.select(half)
-        unc = {k: v.expand(2, *v.shape[1:]) for k, v in uncond.items()}
         for _ in range(8):
             col = torch.randint(0, 8, (2,), generator=gen)
             with torch.no_grad():
-                lp = recompute_log_prob(family, unet, batch, col, unc, 5.0, 1.0)
+                lp = recompute_log_prob(family, unet, batch, col, uncond, 5.0, 1.0)
             ratio = torch.exp(lp - batch.log_probs[torch.arange(2), col])
             worst = max(worst, (ratio - 1).abs().max().item())
     with capsys.disabled():
@@ -166,12 +165,11 @@ def test_update_raises_log_prob_of_positive_advantage_samples(tiny_sd):
     )
     adv = torch.tensor([1.0, -1.0])
     ppo_update(accelerator, family, unet, opt, trajs, adv, cfg, torch.Generator(), uncond)
-    unc = {k: v.expand(2, *v.shape[1:]) for k, v in uncond.items()}
     delta = torch.zeros(2)
     with torch.no_grad():
         for j in range(6):
             col = torch.full((2,), j)
-            lp = recompute_log_prob(family, unet, trajs, col, unc, 4.0, 1.0)
+            lp = recompute_log_prob(family, unet, trajs, col, uncond, 4.0, 1.0)
             delta += lp - trajs.log_probs[:, j]
     unet.load_state_dict(initial)
     unet.requires_grad_(False)

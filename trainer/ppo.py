@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from trainer.config import TrainConfig
 from trainer.ddim_logprob import ddim_step_with_logprob
-from trainer.families.base import DiffusionFamily, PromptEmbeds
+from trainer.families.base import DiffusionFamily, PromptEmbeds, expand_embeds
 from trainer.sampling import Trajectories
 
 
@@ -64,7 +64,7 @@ def recompute_log_prob(
     timesteps = batch.timesteps[rows, step_index]
     cond = {k: v[rows] for k, v in batch.embeds.items()}
     if uncond is not None:
-        uncond = {k: v[:1].expand(len(rows), *v.shape[1:]) for k, v in uncond.items()}
+        uncond = expand_embeds(uncond, len(rows))
     scheduler = family.pipeline.scheduler
     out = family.predict(
         unet,

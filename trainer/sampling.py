@@ -8,7 +8,13 @@ import numpy as np
 import torch
 
 from trainer.ddim_logprob import ddim_step_with_logprob
-from trainer.families.base import DiffusionFamily, PromptEmbeds, cat_embeds, index_embeds
+from trainer.families.base import (
+    DiffusionFamily,
+    PromptEmbeds,
+    cat_embeds,
+    expand_embeds,
+    index_embeds,
+)
 
 
 @dataclass
@@ -82,7 +88,7 @@ def sample_trajectories(
     use_cfg = guidance_scale != 1.0
     if use_cfg and uncond is None:
         uncond = family.encode_unconditional(resolution)
-    uncond_b = {k: v.expand(batch, *v.shape[1:]) for k, v in uncond.items()} if use_cfg else None
+    uncond_b = expand_embeds(uncond, batch) if use_cfg else None
 
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     shape = family.latent_shape(resolution)

@@ -17,6 +17,11 @@ def index_embeds(embeds: PromptEmbeds, index: torch.Tensor | slice) -> PromptEmb
     return {k: v[index] for k, v in embeds.items()}
 
 
+def expand_embeds(embeds: PromptEmbeds, n: int) -> PromptEmbeds:
+    """Broadcast a batch-of-one conditioning (the CFG negative) to `n` rows, without copying."""
+    return {k: v[:1].expand(n, *v.shape[1:]) for k, v in embeds.items()}
+
+
 def cat_embeds(parts: list[PromptEmbeds]) -> PromptEmbeds:
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
@@ -49,6 +54,16 @@ class DiffusionFamily(ABC):
         channels = int(self.pipeline.unet.config.in_channels)
         side = resolution // self.vae_scale_factor
         return channels, side, side
+
+    def token_ids(self, tokenizer, prompts: list[str]) -> torch.Tensor:
+        """Padded, truncated CLIP token ids, as every SD-family text encoder expects."""
+        return tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.device)
 
     @abstractmethod
     @torch.no_grad()

@@ -12,14 +12,7 @@ class StableDiffusionFamily(DiffusionFamily):
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str], resolution: int) -> PromptEmbeds:
-        tok = self.pipeline.tokenizer
-        ids = tok(
-            prompts,
-            padding="max_length",
-            max_length=tok.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.device)
+        ids = self.token_ids(self.pipeline.tokenizer, prompts)
         embeds = self.pipeline.text_encoder(ids)[0]
         return {"prompt_embeds": embeds.to(self.dtype)}
 

@@ -11,14 +11,7 @@ class StableDiffusionXLFamily(DiffusionFamily):
     name = "sdxl"
 
     def _encode_one(self, tokenizer, encoder, prompts: list[str]):
-        ids = tokenizer(
-            prompts,
-            padding="max_length",
-            max_length=tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.device)
-        return encoder(ids, output_hidden_states=True)
+        return encoder(self.token_ids(tokenizer, prompts), output_hidden_states=True)
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str], resolution: int) -> PromptEmbeds:
