@@ -40,7 +40,7 @@ from reward_server.problems import (
     install_problem_handlers,
     problem_response,
 )
-from reward_server.scorers.base import Scorer
+from reward_server.scorers.base import Scorer, ScorerNotReady
 from reward_server.scorers.registry import ScorerRegistry, build_scorers
 from reward_server.settings import ServerSettings
 from shared.images import ImageDecodeError, decode_image
@@ -302,19 +302,20 @@ def _v1_router() -> APIRouter:
         depth = runtime.metrics.queue_depth.labels(body.scorer)
         depth.inc(len(images))
         try:
-            scores, details = await batcher.submit(images, [item.prompt for item in body.items])
-        except BatcherClosed as exc:
+            scored = await batcher.submit_versioned(images, [item.prompt for item in body.items])
+        except (BatcherClosed, ScorerNotReady) as exc:
             raise ProblemError(503, str(exc), NOT_READY) from None
         except ScorerFailed as exc:
             raise ProblemError(500, str(exc), SCORER_FAILED) from None
         finally:
             depth.dec(len(images))
+        details = scored.details
         merged = [
             {**(details[i] if details is not None else {}), "id": item.id}
             for i, item in enumerate(body.items)
         ]
         return ScoreResponse(
-            scorer=body.scorer, version=batcher.scorer.version, scores=scores, details=merged
+            scorer=body.scorer, version=scored.version, scores=scored.scores, details=merged
         )
 
     return router

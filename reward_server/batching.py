@@ -22,7 +22,7 @@ from typing import Any
 
 from PIL import Image
 
-from reward_server.scorers.base import Scorer
+from reward_server.scorers.base import Scorer, ScorerNotReady
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +39,27 @@ class ScorerFailed(RuntimeError):
     """The scorer raised or returned something malformed; the message says which."""
 
 
+@dataclass(frozen=True)
+class Scored:
+    """One request's answer, with the scorer version that produced it.
+
+    The version is read on the worker thread right after the batch was scored,
+    so a scorer that swaps its weights between batches (`reward_head`'s hot
+    reload) is reported with the weights that actually scored these items. If
+    a swap fell between two batches of one request, both versions are listed,
+    comma-separated.
+    """
+
+    scores: list[float]
+    details: Details
+    version: str
+
+
 @dataclass(eq=False)
 class _Job:
     images: list[Image.Image]
     prompts: list[str]
-    future: Future[tuple[list[float], Details]]
+    future: Future[Scored]
     enqueued: float = field(default_factory=time.monotonic)
     taken: int = 0  # items already handed to a batch
     done: int = 0  # items already scored
@@ -52,6 +68,7 @@ class _Job:
     scores: list[float] = field(default_factory=list)
     details: list[dict[str, Any]] = field(default_factory=list)
     has_details: bool = False
+    versions: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.scores = [math.nan] * len(self.images)
@@ -89,11 +106,16 @@ class DynamicBatcher:
         self, images: list[Image.Image], prompts: list[str]
     ) -> tuple[list[float], Details]:
         """Score these images (same order); the work may share a batch with other requests."""
+        scored = await self.submit_versioned(images, prompts)
+        return scored.scores, scored.details
+
+    async def submit_versioned(self, images: list[Image.Image], prompts: list[str]) -> Scored:
+        """As `submit`, also saying which scorer version scored the images."""
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
         if not images:
-            return [], None
-        future: Future[tuple[list[float], Details]] = Future()
+            return Scored([], None, self.scorer.version)
+        future: Future[Scored] = Future()
         with self._lock:
             if self._closed:
                 raise BatcherClosed(f"scorer {self.name!r} is shutting down")
@@ -182,12 +204,15 @@ class DynamicBatcher:
             for job, _, _ in slices:
                 self._fail(job, backlog, exc)
             return
+        version = str(self.scorer.version)  # this thread alone calls score: it is this batch's
         offset = 0
         for job, a, b in slices:
             n = b - a
             if job.failed:
                 offset += n
                 continue
+            if version not in job.versions:
+                job.versions.append(version)
             job.scores[a:b] = scores[offset : offset + n]
             if details is not None:
                 job.details[a:b] = details[offset : offset + n]
@@ -195,7 +220,13 @@ class DynamicBatcher:
             offset += n
             job.done += n
             if job.done == len(job.images):
-                job.future.set_result((job.scores, job.details if job.has_details else None))
+                job.future.set_result(
+                    Scored(
+                        job.scores,
+                        job.details if job.has_details else None,
+                        ", ".join(job.versions),
+                    )
+                )
 
     def _call_scorer(self, images: list[Image.Image], prompts: list[str]) -> tuple[list, Details]:
         started = time.perf_counter()
@@ -218,6 +249,8 @@ class DynamicBatcher:
     ) -> tuple[list[float], Details]:
         try:
             scores, details = self.scorer.score(images, prompts)
+        except ScorerNotReady:
+            raise  # an operator's to-do (answered 503), not a bug: no traceback in the log
         except Exception as exc:
             log.exception("scorer %s failed on a batch of %d", self.name, len(images))
             raise ScorerFailed(f"scorer {self.name!r} failed: {type(exc).__name__}: {exc}") from exc

@@ -129,6 +129,13 @@ class ServerSettings(BaseSettings):
         None, description="Base URL raters reach this server at (for invite links)."
     )
 
+    # -- learned reward (scorer `reward_head`, `ddpo fit-reward`) --
+    reward_head_dir: Path | None = Field(
+        None,
+        description="Where `ddpo fit-reward` saves reward heads (versions/<v>/ and LATEST) and "
+        "the `reward_head` scorer loads them; default: data_dir/reward_head.",
+    )
+
     @field_validator("scorers", mode="before")
     @classmethod
     def _parse_scorers(cls, value: Any) -> Any:
@@ -167,6 +174,14 @@ class ServerSettings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'ratings.db').resolve()}"
+
+    def resolved_reward_head_dir(self) -> Path:
+        """reward_head_dir, or data_dir/reward_head (beside the ratings it is fitted on)."""
+        return (
+            self.reward_head_dir
+            if self.reward_head_dir is not None
+            else self.data_dir / "reward_head"
+        )
 
     def resolve_device(self) -> str:
         if self.device != "auto":

@@ -44,3 +44,39 @@ def test_no_source_file_names_them() -> None:
                 continue
             offenders += [f"{path}: {n}" for n in names if n.split(".")[0] in FORBIDDEN]
     assert offenders == []
+
+
+#: Server modules the trainer side runs (`ddpo fit-reward`): the trainer image has no web stack.
+TRAINER_SIDE = (
+    "reward_server/clip_embedding.py",
+    "reward_server/reward_head.py",
+    "reward_server/fit_reward.py",
+)
+WEB_STACK = ("fastapi", "starlette", "uvicorn")
+
+
+def test_fit_reward_modules_do_not_import_the_web_stack() -> None:
+    """Checked on the source (lazy imports too) and in a fresh interpreter."""
+    offenders = []
+    for rel in TRAINER_SIDE:
+        path = ROOT / rel
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            offenders += [f"{rel}: {n}" for n in names if n.split(".")[0] in WEB_STACK]
+    assert offenders == []
+    modules = ", ".join(rel.removesuffix(".py").replace("/", ".") for rel in TRAINER_SIDE)
+    probe = (
+        f"import sys, {modules}\n"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {set(WEB_STACK)!r}))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout

@@ -154,6 +154,84 @@ def _add_rating_commands() -> None:
 _add_rating_commands()
 
 
+@app.command("fit-reward")
+def fit_reward(
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url",
+            help="SQLAlchemy URL; default: DATABASE_URL, else SQLite in DDPO_DATA_DIR (./data).",
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Head directory; default: DDPO_REWARD_HEAD_DIR, else DDPO_DATA_DIR/reward_head "
+            "(where the server's reward_head scorer looks).",
+        ),
+    ] = None,
+    clip_model: Annotated[
+        str | None,
+        typer.Option(
+            help="CLIP hub id or local directory; default: DDPO_AESTHETIC_CLIP_MODEL "
+            "(openai/clip-vit-large-patch14). Downloads only with DDPO_ALLOW_DOWNLOAD=1."
+        ),
+    ] = None,
+    mode: Annotated[
+        str, typer.Option(help="auto (score if there are 1-10 ratings, else pair), score or pair.")
+    ] = "auto",
+    holdout: Annotated[
+        float, typer.Option(min=0.01, max=0.9, help="Share held out to measure the head.")
+    ] = 0.2,
+    epochs: Annotated[
+        int, typer.Option(min=1, help="Most training epochs (early stopping picks fewer).")
+    ] = 300,
+    seed: Annotated[int, typer.Option(help="Seeds the split and the training.")] = 0,
+    log_level: Annotated[str, typer.Option(help="Logging level.")] = "warning",
+) -> None:
+    """Fit a reward head on the collected ratings, for the server's `reward_head` scorer.
+
+    Embeds every rated image with a frozen CLIP model, trains an MLP on the
+    embeddings (regression on 1-10 scores, Bradley-Terry on A/B choices),
+    reports how well it predicts held-out ratings, and saves it as a new version.
+    """
+    _setup_logging(log_level)
+    try:
+        from reward_server.fit_reward import FitError, describe_fit, run_fit_command
+    except ImportError as exc:
+        console.print(f"[red]error:[/red] fit-reward needs torch and transformers ({exc})")
+        raise typer.Exit(2) from None
+    from rich.progress import Progress, TaskID
+
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as bars:
+        tasks: dict[str, TaskID] = {}
+
+        def progress(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bars.add_task(phase, total=total)
+            bars.update(tasks[phase], completed=done, total=total)
+
+        try:
+            info, directory = run_fit_command(
+                database_url=database_url,
+                output=output,
+                clip_model=clip_model,
+                mode=mode,
+                holdout=holdout,
+                epochs=epochs,
+                seed=seed,
+                progress=progress,
+            )
+        except FitError as exc:
+            bars.stop()
+            console.print(f"[red]error:[/red] {exc}", soft_wrap=True, highlight=False)
+            raise typer.Exit(2) from None
+    for line in describe_fit(info, directory):
+        typer.echo(line)
+
+
 def main() -> None:
     # Trainer and reward server often share a few CPU cores; OpenMP threads that spin
     # while waiting then starve each other (measured: a 2 s sampling phase took 150 s).

@@ -6,6 +6,8 @@ embedding (vision tower + projection) is L2-normalised and fed to the LAION
 first (a path, then `models_dir`, then the Hugging Face cache); nothing is
 downloaded unless `allow_download` is set. `transformers` is imported only when
 the scorer is built, so servers without it (or without this scorer) start fast.
+The CLIP side (preprocessing, lookup, embedding) is reward_server/clip_embedding.py,
+shared with the `reward_head` scorer; its names are re-exported here.
 """
 
 from __future__ import annotations
@@ -17,11 +19,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
+from reward_server.clip_embedding import (
+    CLIP_MEAN,
+    CLIP_STD,
+    ClipEmbedder,
+    ClipPreprocess,
+    load_clip_vision,
+    resolve_clip_spec,
+)
 from reward_server.scorers.base import Scorer, ScorerUnavailable
 from reward_server.settings import LAION_AESTHETIC_HEAD, TRL_AESTHETIC_HEAD
 
@@ -30,38 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 EMBED_DIM = 768
-
-
-class ClipPreprocess:
-    """CLIPImageProcessor's transform in plain PIL + torch (no torchvision needed).
-
-    Resize the shortest side to `size` (bicubic), center-crop `size`x`size`,
-    scale to [0, 1], normalise with the CLIP mean and std.
-    """
-
-    def __init__(self, size: int = 224) -> None:
-        self.size = size
-        self.mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-        self.std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-
-    def _resize_crop(self, image: Image.Image) -> np.ndarray:
-        image = image.convert("RGB")
-        width, height = image.size
-        short, long = min(width, height), max(width, height)
-        new_long = int(self.size * long / short)
-        new_w, new_h = (self.size, new_long) if width <= height else (new_long, self.size)
-        image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
-        left, top = (new_w - self.size) // 2, (new_h - self.size) // 2
-        image = image.crop((left, top, left + self.size, top + self.size))
-        return np.asarray(image, dtype=np.uint8)
-
-    def __call__(self, images: list[Image.Image]) -> torch.Tensor:
-        batch = np.stack([self._resize_crop(img) for img in images])
-        pixels = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
-        return (pixels - self.mean) / self.std
 
 
 class AestheticHead(nn.Module):
@@ -154,23 +132,22 @@ class AestheticScorer(Scorer):
         version: str = "1",
         max_batch_size: int = 32,
     ) -> None:
-        self.device = torch.device(device)
-        self.vision = vision.eval().requires_grad_(False).to(self.device)
+        self.clip = ClipEmbedder(vision, device=device, preprocess=preprocess)
+        self.device = self.clip.device
+        self.vision = self.clip.vision
         self.head = head.eval().requires_grad_(False).to(self.device)
         self.preprocess = preprocess
         self.version = version
         self.max_batch_size = max_batch_size
 
     def embed(self, images: list[Image.Image]) -> torch.Tensor:
-        pixels = self.preprocess(images).to(self.device)
-        embeds = self.vision(pixel_values=pixels).image_embeds
-        return embeds / torch.linalg.vector_norm(embeds, dim=-1, keepdim=True)
+        return self.clip.embed_batch(images)
 
     def score(
         self, images: list[Image.Image], prompts: list[str]
     ) -> tuple[list[float], list[dict[str, Any]] | None]:
         with torch.inference_mode():
-            scores = self.head(self.embed(images).float()).squeeze(-1)
+            scores = self.head(self.embed(images)).squeeze(-1)
         return scores.cpu().tolist(), None
 
 
@@ -216,39 +193,7 @@ def resolve_head_file(settings: ServerSettings) -> Path:
 
 def resolve_clip_model(settings: ServerSettings) -> str:
     """A local directory when there is one, else the hub id (to look up in the cache)."""
-    spec = settings.aesthetic_clip_model
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return str(path)
-    if settings.models_dir is not None:
-        for candidate in (settings.models_dir / spec, settings.models_dir / path.name):
-            if (candidate / "config.json").is_file():
-                return str(candidate)
-    return spec
-
-
-def load_clip_vision(spec: str, allow_download: bool) -> nn.Module:
-    """CLIP vision tower + projection; reads full CLIPModel checkpoints too."""
-    try:
-        from transformers import CLIPVisionModelWithProjection
-    except ImportError as exc:
-        raise ScorerUnavailable(f"transformers is not installed: {exc}") from exc
-    try:
-        model, info = CLIPVisionModelWithProjection.from_pretrained(
-            spec, local_files_only=not allow_download, output_loading_info=True
-        )
-    except (OSError, ValueError) as exc:
-        hint = "" if allow_download else " (set DDPO_ALLOW_DOWNLOAD=1 to fetch it)"
-        raise ScorerUnavailable(f"CLIP model {spec!r} is not at hand{hint}: {exc}") from exc
-    missing = sorted(map(str, info.get("missing_keys") or []))
-    missing += sorted(str(k[0]) for k in info.get("mismatched_keys") or [])
-    if missing:
-        # Randomly initialised layers would score silently wrong: refuse instead.
-        raise ScorerUnavailable(
-            f"CLIP model {spec!r} lacks or mis-shapes {len(missing)} vision weights, "
-            f"e.g. {missing[:3]}"
-        )
-    return model
+    return resolve_clip_spec(settings.aesthetic_clip_model, settings.models_dir)
 
 
 def build(settings: ServerSettings) -> AestheticScorer:
@@ -276,3 +221,20 @@ def build(settings: ServerSettings) -> AestheticScorer:
         version=version,
         max_batch_size=64 if device == "cuda" else 16,
     )
+
+
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "EMBED_DIM",
+    "AestheticHead",
+    "AestheticScorer",
+    "ClipPreprocess",
+    "build",
+    "file_digest",
+    "load_clip_vision",
+    "load_head",
+    "normalize_head_keys",
+    "resolve_clip_model",
+    "resolve_head_file",
+]

@@ -12,6 +12,13 @@ class ScorerUnavailable(RuntimeError):
     """The scorer cannot be built here (weights not at hand, missing package); says why."""
 
 
+class ScorerNotReady(RuntimeError):
+    """Raised by `score`: the scorer is loaded but cannot score yet (e.g. no reward head
+    has been fitted). Unlike a failure this is the operator's to fix, not a bug: the
+    server answers 503 with this message instead of 500.
+    """
+
+
 class Scorer(ABC):
     """Scores a batch of decoded RGB images with their prompts.
 

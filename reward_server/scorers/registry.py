@@ -110,6 +110,10 @@ def default_registry() -> ScorerRegistry:
         module_factory("reward_server.scorers.human", "build_pairwise"),
         default=False,
     )
+    # Needs a head from `ddpo fit-reward` (and its CLIP model): only when asked for by name.
+    registry.register(
+        "reward_head", module_factory("reward_server.scorers.reward_head"), default=False
+    )
     return registry
 
 
