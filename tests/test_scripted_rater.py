@@ -1,0 +1,110 @@
+"""The scripted rater judges colours like a person would and rates through the rater API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from reward_server.app import create_app
+from reward_server.scorers.human import HumanScorer
+from reward_server.scripted_rater import (
+    EMPTY,
+    LIKED,
+    SMEARED,
+    ScriptedRater,
+    preference_score,
+    split_invite,
+)
+from reward_server.settings import ServerSettings
+from reward_server.storage import NewItem, RatingStore
+from shared.images import png_bytes
+from shared.shapes import BACKGROUNDS, COLOURS, SHAPES, draw
+
+
+@pytest.mark.parametrize("colour", COLOURS)
+def test_likes_the_preferred_colour_best(colour: str) -> None:
+    rng = np.random.default_rng(0)
+    for shape in SHAPES:
+        for background in BACKGROUNDS:
+            scores = {
+                other: preference_score(
+                    Image.fromarray(draw(shape, other, background, rng)), colour
+                )
+                for other in COLOURS
+            }
+            assert scores[colour] >= LIKED - 1, (shape, background, scores)
+            assert all(scores[colour] - s >= 4 for c, s in scores.items() if c != colour), (
+                shape,
+                background,
+                scores,
+            )
+
+
+def test_scores_grade_with_hue_like_a_person() -> None:
+    """A red lover: orange between red and yellow, yellow above green and blue."""
+    rng = np.random.default_rng(3)
+    red = draw("square", "red", "gray", rng)
+    orange = red.copy()
+    orange[(red[..., 0] > 150) & (red[..., 1] < 100)] = (235, 125, 30)
+    score = {
+        "red": preference_score(Image.fromarray(red), "red"),
+        "orange": preference_score(Image.fromarray(orange), "red"),
+        **{
+            c: preference_score(Image.fromarray(draw("square", c, "gray", rng)), "red")
+            for c in ("yellow", "green", "blue")
+        },
+    }
+    assert score["red"] > score["orange"] > score["yellow"] > score["green"], score
+    assert score["yellow"] > score["blue"], score
+
+
+def test_an_empty_picture_scores_lowest() -> None:
+    blank = np.full((64, 64, 3), 128, dtype=np.uint8)
+    assert preference_score(Image.fromarray(blank), "red") == EMPTY
+
+
+def test_a_smear_of_the_colour_earns_less_than_a_clean_shape() -> None:
+    clean = draw("circle", "red", "white", np.random.default_rng(0))
+    smear = clean.copy()
+    smear[-16:, -16:] = (220, 30, 30)  # a red blob in one corner, as a reward hack would paint
+    assert preference_score(Image.fromarray(clean), "red") == LIKED
+    assert preference_score(Image.fromarray(smear), "red") == SMEARED
+
+
+def test_split_invite() -> None:
+    assert split_invite("http://h:8/rate/login?token=abc-_1") == ("http://h:8", "abc-_1")
+    assert split_invite("https://x/sub/rate/login?token=t") == ("https://x/sub", "t")
+    with pytest.raises(ValueError, match="invite link"):
+        split_invite("http://h:8/rate?token=abc")
+    with pytest.raises(ValueError, match="invite link"):
+        split_invite("http://h:8/rate/login")
+    with pytest.raises(ValueError, match="prefers"):
+        ScriptedRater("http://h/rate/login?token=t", prefers="purple")
+
+
+def test_rates_queued_images_through_the_api(tmp_path: Path) -> None:
+    store = RatingStore(f"sqlite:///{tmp_path / 'r.db'}")
+    app = create_app(ServerSettings(), {"human": HumanScorer(store, "score", 1)})
+    rng = np.random.default_rng(1)
+    colours = ["red", "blue", "red", "yellow"]
+    drawings = [draw("circle", c, "white", rng) for c in colours]
+    items = [NewItem(str(i), "a circle", png_bytes(d), {}) for i, d in enumerate(drawings)]
+    job_id, _ = store.create_job("human", "score", 1, items, deadline_s=600)
+    _, token = store.add_rater("bot")
+    with TestClient(app) as client:
+        rater = ScriptedRater(f"http://testserver/rate/login?token={token}", "red")
+        rater.http = client  # same API, served in-process
+        client.headers["Authorization"] = f"Bearer {token}"
+        while rater.rate_one():
+            pass
+    view = store.job_view(job_id)
+    assert view is not None and view.status == "done"
+    # Each stored score is the rater's judgement of the image it was shown.
+    assert view.scores == [float(preference_score(Image.fromarray(d), "red")) for d in drawings]
+    assert min(view.scores[0], view.scores[2]) > max(view.scores[1], view.scores[3])
+    assert (rater.rated, rater.liked) == (4, 2)
+    store.close()
