@@ -35,6 +35,8 @@ MIN_COVERAGE = 0.03
 PLAIN_TOLERANCE = 40
 #: Best score, the score of a picture with no recognisable shape, and the cap for smears.
 LIKED, EMPTY, SMEARED = 9, 1, 4
+#: How fast liking falls with hue distance: higher is pickier about near misses (orange).
+HUE_SHARPNESS = 1.5
 
 
 def _corners(pixels: np.ndarray) -> np.ndarray:
@@ -82,7 +84,7 @@ def preference_score(image: Image.Image, colour: str) -> int:
     if rgb is None:
         return EMPTY
     closeness = max(0.0, 1.0 - hue_distance(rgb, colour) / 0.3)
-    score = round(EMPTY + (LIKED - EMPTY) * closeness**1.5)
+    score = round(EMPTY + (LIKED - EMPTY) * closeness**HUE_SHARPNESS)
     return score if plain_background(image) else min(score, SMEARED)
 
 

@@ -100,13 +100,24 @@ def serve(
 def demo(
     reward: Annotated[
         str,
-        typer.Option(help="jpeg_incompressibility, jpeg_compressibility or prompt_fidelity."),
+        typer.Option(
+            help="jpeg_incompressibility, jpeg_compressibility, prompt_fidelity, or human "
+            "(you rate the samples in a browser; the demo prints the link)."
+        ),
     ] = "jpeg_incompressibility",
-    epochs: Annotated[int, typer.Option(min=1, help="DDPO epochs.")] = 15,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="DDPO epochs; default 15, or 8 for human.")
+    ] = None,
     output: Annotated[Path, typer.Option(help="Output directory.")] = Path("outputs/demo"),
     model: Annotated[
         Path | None, typer.Option(help="Pipeline directory (default: built-in tiny model).")
     ] = None,
+    rating_deadline: Annotated[
+        float,
+        typer.Option(
+            min=1, help="--reward human: seconds an epoch waits for ratings before going on."
+        ),
+    ] = 600.0,
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="Override a training key, as for `ddpo train`."),
@@ -120,15 +131,29 @@ def demo(
 
     try:
         result = run_demo(
-            reward, epochs, output, model or BUILTIN_MODEL, console=console, overrides=set_
+            reward,
+            epochs,
+            output,
+            model or BUILTIN_MODEL,
+            console=console,
+            overrides=set_,
+            rating_deadline_s=rating_deadline,
         )
     except (ValueError, FileNotFoundError, ConfigError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     out = result.output_dir
+    if result.reward_before is not None and result.reward_after is not None:
+        console.print(
+            f"\n[bold]reward ({reward})[/bold] on fixed prompts and seeds: "
+            f"{result.reward_before:.3f} before -> {result.reward_after:.3f} after"
+        )
+    else:
+        console.print(
+            f"\n[bold]{result.num_rated} ratings[/bold] used, {result.num_dropped} samples "
+            "dropped unrated; compare the before/after rows to see your taste"
+        )
     console.print(
-        f"\n[bold]reward ({reward})[/bold] on fixed prompts and seeds: "
-        f"{result.reward_before:.3f} before -> {result.reward_after:.3f} after\n"
         f"epoch reward: {result.first_epoch_reward:.3f} (first) -> "
         f"{result.last_epoch_reward:.3f} (last)\n"
         f"  {out / 'before_after.png'}\n  {out / 'reward_curve.png'}\n"

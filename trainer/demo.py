@@ -2,6 +2,11 @@
 
 Starts a reward server subprocess, fine-tunes models/tiny-sd with DDPO through
 it, and writes before/after images and a reward curve.
+
+With `reward="human"` the server queues every sample for the rating page and
+the demo prints an invite link: a person's 1-10 ratings are the reward. Its
+prompts name a shape but leave the colour open, so the rater's taste, not the
+prompt, decides which colours the model drifts towards.
 """
 
 from __future__ import annotations
@@ -21,7 +26,14 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUILTIN_MODEL = REPO_ROOT / "models" / "tiny-sd"
-DEMO_REWARDS = ("jpeg_incompressibility", "jpeg_compressibility", "prompt_fidelity")
+DEMO_REWARDS = ("jpeg_incompressibility", "jpeg_compressibility", "prompt_fidelity", "human")
+HUMAN = "human"
+
+#: Prompts of the human demo: the shape is given, colour and background are left to taste.
+#: The base model draws each in all four colours (6-22% red each, 32 samples per prompt);
+#: "a square" comes out only yellow or red and "a triangle" only green or yellow.
+HUMAN_PROMPTS = ["a circle", "circle", "square", "triangle"]
+HUMAN_EVAL_SEEDS = [101, 202, 303, 404]
 
 #: Fixed prompts and seeds for the before/after comparison.
 EVAL_PROMPTS = [
@@ -39,20 +51,51 @@ DEMO_STEPS = 10
 @dataclass
 class DemoResult:
     output_dir: Path
-    reward_before: float
-    reward_after: float
+    #: Mean reward on the fixed evaluation prompts; None for human ratings (people rate
+    #: the training samples only, so nothing scores the evaluation images).
+    reward_before: float | None
+    reward_after: float | None
     first_epoch_reward: float
     last_epoch_reward: float
     weights: Path
+    num_rated: int = 0
+    num_dropped: int = 0
+
+
+def eval_prompts_and_seeds(reward: str) -> tuple[list[str], list[int]]:
+    """The before/after grid: every evaluation prompt with every seed, prompt-major."""
+    if reward == HUMAN:
+        prompts, seeds = HUMAN_PROMPTS, HUMAN_EVAL_SEEDS
+    else:
+        prompts, seeds = EVAL_PROMPTS, EVAL_SEEDS
+    return [p for p in prompts for _ in seeds], [s for _ in prompts for s in seeds]
 
 
 def demo_config(
-    reward: str, epochs: int, output_dir: Path, server_url: str, model: Path
+    reward: str,
+    epochs: int,
+    output_dir: Path,
+    server_url: str,
+    model: Path,
+    rating_deadline_s: float = 600.0,
 ) -> TrainConfig:
-    """Settings measured to raise the reward within a few minutes on 2 CPU cores."""
+    """Settings measured to raise the reward within a few minutes on 2 CPU cores.
+
+    Human ratings: an epoch waits up to `rating_deadline_s` for its 32 ratings,
+    then trains on those that came (unrated samples are dropped, not failed).
+    Ratings are few and coarse, so that recipe differs (docs/rlhf.md has the runs):
+    with 16 or 24 samples per epoch, or lr 1e-3, a scripted red-loving rater moved
+    the model on some seeds and sent it wandering on others; 32 at lr 6e-4 moved
+    it on every seed tried.
+    """
+    human = reward == HUMAN
+    if human:
+        endpoint = {"url": server_url, "scorer": HUMAN, "mode": "job", "missing": "drop"}
+    else:
+        endpoint = {"url": server_url, "scorer": reward, "weight": 1.0}
     return TrainConfig(
         pretrained_model=str(model),
-        prompts=all_prompts(),
+        prompts=HUMAN_PROMPTS if reward == HUMAN else all_prompts(),
         output_dir=output_dir,
         seed=0,
         num_epochs=epochs,
@@ -64,23 +107,26 @@ def demo_config(
         sample_num_steps=DEMO_STEPS,
         sample_guidance_scale=3.0,
         sample_batch_size=8,
-        sample_num_batches_per_epoch=2,
+        sample_num_batches_per_epoch=4 if human else 2,
         train_batch_size=8,
         train_timesteps_per_pass=DEMO_STEPS,
-        train_learning_rate=1e-3,
+        train_learning_rate=6e-4 if human else 1e-3,
         train_clip_range=0.1,
         per_prompt_stat_tracking=False,
         save_freq=max(1, epochs),
         log_images_every=max(1, epochs // 5),
-        rewards=[{"url": server_url, "scorer": reward, "weight": 1.0}],
+        rewards=[endpoint],
+        reward_epoch_deadline_s=rating_deadline_s if human else 600.0,
     )
 
 
 @torch.no_grad()
-def _eval_images(model: Path, trained: Path | None) -> np.ndarray:
-    """Images for EVAL_PROMPTS x EVAL_SEEDS with the trainer's own sampler (eta 1).
+def eval_images(
+    model: Path, trained: Path | None, prompts: list[str], seeds: list[int]
+) -> np.ndarray:
+    """One image per (prompt, seed) with the trainer's own sampler (eta 1), uint8 HWC.
 
-    `trained` is the run's output: its lora/ (LoRA) or unet/ (full fine-tuning).
+    `trained` is a run's output directory: its lora/ (LoRA) or unet/ (full fine-tuning).
     """
     from diffusers import UNet2DConditionModel
 
@@ -92,8 +138,6 @@ def _eval_images(model: Path, trained: Path | None) -> np.ndarray:
         family.pipeline.load_lora_weights(str(trained / "lora"))
     elif trained is not None:
         family.pipeline.unet = UNet2DConditionModel.from_pretrained(str(trained / "unet"))
-    prompts = [p for p in EVAL_PROMPTS for _ in EVAL_SEEDS]
-    seeds = [s for _ in EVAL_PROMPTS for s in EVAL_SEEDS]
     trajs = sample_trajectories(
         family,
         family.unet,
@@ -108,18 +152,24 @@ def _eval_images(model: Path, trained: Path | None) -> np.ndarray:
     return trajs.images
 
 
-def _score(server_url: str, scorer: str, images: np.ndarray) -> np.ndarray:
+def _score(server_url: str, scorer: str, images: np.ndarray, prompts: list[str]) -> np.ndarray:
     from trainer.config import RewardEndpoint
     from trainer.reward_client import RewardClient
 
-    prompts = [p for p in EVAL_PROMPTS for _ in EVAL_SEEDS]
     with RewardClient([RewardEndpoint(url=server_url, scorer=scorer)]) as client:
         return client.submit(images, prompts).result(timeout=120).rewards
 
 
 def _before_after_png(
-    path: Path, before: np.ndarray, after: np.ndarray, sb: np.ndarray, sa: np.ndarray, name: str
+    path: Path,
+    prompts: list[str],
+    before: np.ndarray,
+    after: np.ndarray,
+    sb: np.ndarray | None,
+    sa: np.ndarray | None,
+    name: str,
 ) -> None:
+    """Two rows of images, same prompts and seeds; scores under each when there are any."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -127,23 +177,23 @@ def _before_after_png(
 
     n = len(before)
     fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 4.2))
-    prompts = [p for p in EVAL_PROMPTS for _ in EVAL_SEEDS]
     for i in range(n):
         for row, (imgs, scores, label) in enumerate(((before, sb, "before"), (after, sa, "after"))):
             ax = axes[row, i]
             ax.imshow(imgs[i], interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_xlabel(f"{scores[i]:.2f}", fontsize=7)
+            if scores is not None:
+                ax.set_xlabel(f"{scores[i]:.2f}", fontsize=7)
             if i == 0:
                 ax.set_ylabel(label, fontsize=9)
         title = prompts[i].removeprefix("a ").replace(" on a ", "\non ")
         axes[0, i].set_title(title, fontsize=6)
-    fig.suptitle(
-        f"DDPO on the built-in tiny model, reward {name}: "
-        f"mean {sb.mean():.3f} before -> {sa.mean():.3f} after (same prompts and seeds)",
-        fontsize=9,
-    )
+    if sb is not None and sa is not None:
+        title = f"reward {name}: mean {sb.mean():.3f} before -> {sa.mean():.3f} after"
+    else:
+        title = f"reward {name}"
+    fig.suptitle(f"DDPO on the built-in tiny model, {title} (same prompts and seeds)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -170,65 +220,109 @@ def _reward_curve_png(path: Path, records: list[dict], name: str) -> None:
     plt.close(fig)
 
 
+def _invite_rater(server_url: str, data_dir: Path) -> str:
+    """A fresh rater in the demo server's database; returns its invite link."""
+    from urllib.parse import urlencode
+
+    from reward_server.storage import QueueError, RatingStore
+
+    store = RatingStore(f"sqlite:///{(data_dir / 'ratings.db').resolve()}")
+    try:
+        for n in range(1, 1000):  # a re-run keeps the database: "you", "you-2", ...
+            try:
+                _, token = store.add_rater("you" if n == 1 else f"you-{n}")
+                break
+            except QueueError:
+                continue
+        else:
+            raise RuntimeError(f"cannot create a rater in {data_dir}")
+    finally:
+        store.close()
+    return f"{server_url}/rate/login?{urlencode({'token': token})}"
+
+
+def default_epochs(reward: str) -> int:
+    """15 for the automatic rewards; 8 (256 ratings, minutes by keyboard) for a person."""
+    return 8 if reward == HUMAN else 15
+
+
 def run_demo(
     reward: str = "jpeg_incompressibility",
-    epochs: int = 15,
+    epochs: int | None = None,
     output_dir: Path = Path("outputs/demo"),
     model: Path = BUILTIN_MODEL,
     console=None,
     overrides: list[str] | None = None,
+    rating_deadline_s: float = 600.0,
 ) -> DemoResult:
     """Run the demo; the reward server child is stopped however this exits."""
     from trainer.run_log import read_metrics
     from trainer.server_process import RewardServerProcess
     from trainer.train import train
 
-    say = console.print if console is not None else print
+    def say(message: str) -> None:  # soft wrap: links must stay on one line to be clickable
+        if console is not None:
+            console.print(message, soft_wrap=True)
+        else:
+            print(message, flush=True)
+
     if reward not in DEMO_REWARDS:
         raise ValueError(f"unknown demo reward {reward!r}; choose from {', '.join(DEMO_REWARDS)}")
-    if overrides:  # fail on a bad override before starting anything
-        build_config(
-            apply_overrides(
-                demo_config(reward, epochs, output_dir, "x", model).model_dump(mode="json"),
-                list(overrides),
-            )
-        )
+    human = reward == HUMAN
+    epochs = epochs or default_epochs(reward)
+
+    def config(url: str) -> TrainConfig:
+        cfg = demo_config(reward, epochs, output_dir, url, model, rating_deadline_s)
+        if overrides:
+            cfg = build_config(apply_overrides(cfg.model_dump(mode="json"), list(overrides)))
+        return cfg
+
+    config("http://127.0.0.1:1")  # fail on a bad override before starting anything
     if not (Path(model) / "model_index.json").is_file():
         raise FileNotFoundError(f"no diffusers pipeline at {model} (model_index.json missing)")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    server = RewardServerProcess(
-        [reward],
-        log_file=output_dir / "reward_server.log",
-        extra_env={"OMP_NUM_THREADS": "1"},
-    )
+    env = {"OMP_NUM_THREADS": "1"}
+    if human:  # the rating queue lives with the run's outputs, one rating per image
+        env |= {"DDPO_DATA_DIR": str(output_dir / "ratings"), "DDPO_RATINGS_PER_ITEM": "1"}
+    server = RewardServerProcess([reward], log_file=output_dir / "reward_server.log", extra_env=env)
+    prompts, seeds = eval_prompts_and_seeds(reward)
     say(f"starting the reward server ({reward}) ...")
     with server:
         say(f"reward server ready at {server.url} (pid {server.proc.pid})")
         say("sampling the base model on the evaluation prompts ...")
-        before = _eval_images(model, None)
-        score_before = _score(server.url, reward, before)
-        cfg = demo_config(reward, epochs, output_dir, server.url, model)
-        if overrides:
-            data = apply_overrides(cfg.model_dump(mode="json"), overrides)
-            cfg = build_config(data)
-        say(f"fine-tuning with DDPO for {epochs} epochs ...")
+        before = eval_images(model, None, prompts, seeds)
+        score_before = None if human else _score(server.url, reward, before, prompts)
+        cfg = config(server.url)
+        if human:
+            invite = _invite_rater(server.url, output_dir / "ratings")
+            say(
+                "\n[bold]Rate the samples in your browser[/bold] (1-10; keys 1-9, 0 = 10):\n"
+                f"  {invite}\n"
+                f"Each epoch waits up to {cfg.reward_epoch_deadline_s:.0f} s for its "
+                f"{cfg.sample_batch_size * cfg.sample_num_batches_per_epoch} ratings; unrated "
+                "samples are dropped. No time to rate? Let a script that likes red do it:\n"
+                f'  python -m reward_server.scripted_rater "{invite}" --prefers red\n'
+            )
+        say(f"fine-tuning with DDPO for {cfg.num_epochs} epochs ...")
         train(cfg)
-        after = _eval_images(model, output_dir)
-        score_after = _score(server.url, reward, after)
+        after = eval_images(model, output_dir, prompts, seeds)
+        score_after = None if human else _score(server.url, reward, after, prompts)
 
     records = read_metrics(output_dir)
     _before_after_png(
-        output_dir / "before_after.png", before, after, score_before, score_after, reward
+        output_dir / "before_after.png", prompts, before, after, score_before, score_after, reward
     )
     _reward_curve_png(output_dir / "reward_curve.png", records, reward)
     result = DemoResult(
         output_dir=output_dir,
-        reward_before=float(score_before.mean()),
-        reward_after=float(score_after.mean()),
+        reward_before=None if score_before is None else float(score_before.mean()),
+        reward_after=None if score_after is None else float(score_after.mean()),
         first_epoch_reward=records[0]["reward_mean"],
         last_epoch_reward=records[-1]["reward_mean"],
         weights=output_dir / ("lora" if cfg.use_lora else "unet"),
+        num_rated=sum(int(r.get("num_rated", 0)) for r in records),
+        num_dropped=sum(int(r.get("num_dropped", 0)) for r in records),
     )
     (output_dir / "demo_summary.json").write_text(
         json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in result.__dict__.items()})

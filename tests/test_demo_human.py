@@ -1,0 +1,104 @@
+"""`ddpo demo --reward human`, the full RLHF loop on the built-in tiny model.
+
+The demo runs as a user would start it (a subprocess that starts its own reward
+server); a scripted rater signs in with the invite link the demo prints and rates
+over HTTP like a person who likes red pictures. Held-out samples (seeds never
+used in training) must then be red far more often than the base model's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from reward_server.scorers.prompt_fidelity import build as build_fidelity
+from reward_server.scripted_rater import ScriptedRater, preference_score
+from trainer.demo import BUILTIN_MODEL, HUMAN_PROMPTS, eval_images
+
+pytestmark = pytest.mark.slow
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+INVITE = re.compile(r"(http://\S+/rate/login\?token=[\w\-]+)")
+HELD_OUT_SEEDS = list(range(5000, 5016))
+
+
+def run_human_demo(out: Path, *args: str, rater: str | None) -> tuple[str, ScriptedRater | None]:
+    """Run the demo to the end; start a scripted rater on the printed invite link."""
+    cmd = [sys.executable, "-m", "trainer.cli", "demo", "--reward", "human", "--output", str(out)]
+    proc = subprocess.Popen(
+        [*cmd, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV
+    )
+    lines: list[str] = []
+    scripted = None
+    timer = threading.Timer(900, proc.kill)
+    timer.start()
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            match = INVITE.search(line)
+            if match and rater and scripted is None:
+                scripted = ScriptedRater(match.group(1), rater).start()
+        proc.wait()
+    finally:
+        timer.cancel()
+        if scripted is not None:
+            scripted.stop()
+    text = "".join(lines)
+    assert proc.returncode == 0, text
+    assert INVITE.search(text), text
+    return text, scripted
+
+
+def judge_held_out(trained: Path | None) -> tuple[float, float]:
+    """(mean score the rater would give, share judged red by the colour classifier)."""
+    prompts = [p for p in HUMAN_PROMPTS for _ in HELD_OUT_SEEDS]
+    seeds = [s for _ in HUMAN_PROMPTS for s in HELD_OUT_SEEDS]
+    images = [Image.fromarray(a) for a in eval_images(BUILTIN_MODEL, trained, prompts, seeds)]
+    score = np.mean([preference_score(im, "red") for im in images])
+    fidelity = build_fidelity(None)
+    colours = fidelity.predict(images)[1].argmax(-1)
+    red = np.mean([fidelity.labels[1][int(c)] == "red" for c in colours])
+    return float(score), float(red)
+
+
+def test_a_rater_who_likes_red_makes_the_model_draw_red(tmp_path: Path) -> None:
+    """Measured (2 cores, seed 0): held-out rater score 2.5 -> 6.3, red 0.09 -> 0.93.
+
+    12 epochs, not the demo's 8: the epoch reward moves within 1-2 epochs, but held-out
+    samples turn red only after ~10 (at 8 the model sat on orange: red 0.16 -> 0.28).
+    """
+    out = tmp_path / "demo"
+    text, rater = run_human_demo(out, "--epochs", "12", "--rating-deadline", "120", rater="red")
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 12
+    assert sum(r["num_dropped"] for r in records) == 0, records
+    assert rater is not None and rater.rated == sum(r["num_rated"] for r in records) == 12 * 32
+    # The epoch reward is the mean human score: it climbs as red pictures take over.
+    assert records[-1]["reward_mean"] > records[0]["reward_mean"] + 2.0, records
+
+    score_before, red_before = judge_held_out(None)
+    score_after, red_after = judge_held_out(out)
+    assert score_after > score_before + 2.0, (score_before, score_after)
+    assert red_after > red_before + 0.5, (red_before, red_after)
+    assert (out / "ratings" / "ratings.db").is_file()
+    assert "ratings used" in text
+
+
+def test_unrated_samples_are_dropped_at_the_deadline(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    text, _ = run_human_demo(out, "--epochs", "1", "--rating-deadline", "3", rater=None)
+    (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert (record["num_rated"], record["num_dropped"]) == (0, 32), record
+    summary = json.loads((out / "demo_summary.json").read_text())
+    assert summary["num_dropped"] == 32 and summary["reward_before"] is None
+    assert "0 ratings used, 32 samples dropped" in text
