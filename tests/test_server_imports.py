@@ -11,6 +11,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = ("diffusers", "peft", "accelerate")
 
+
+def imported_modules(path: Path) -> list[str]:
+    """Every module a source file imports, lazy imports inside functions included."""
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names.append(node.module or "")
+    return names
+
+
 _PROBE = """
 import importlib, pkgutil, sys
 import reward_server.app, reward_server.serve, reward_server.scorers as pkg
@@ -33,16 +45,12 @@ def test_server_modules_do_not_import_trainer_stack() -> None:
 
 def test_no_source_file_names_them() -> None:
     """Also catch lazy imports inside functions, which the probe above cannot see."""
-    offenders = []
-    for path in [*ROOT.glob("reward_server/**/*.py"), *ROOT.glob("shared/**/*.py")]:
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                names = [node.module or ""]
-            else:
-                continue
-            offenders += [f"{path}: {n}" for n in names if n.split(".")[0] in FORBIDDEN]
+    offenders = [
+        f"{path}: {name}"
+        for path in [*ROOT.glob("reward_server/**/*.py"), *ROOT.glob("shared/**/*.py")]
+        for name in imported_modules(path)
+        if name.split(".")[0] in FORBIDDEN
+    ]
     assert offenders == []
 
 
@@ -57,17 +65,12 @@ WEB_STACK = ("fastapi", "starlette", "uvicorn")
 
 def test_fit_reward_modules_do_not_import_the_web_stack() -> None:
     """Checked on the source (lazy imports too) and in a fresh interpreter."""
-    offenders = []
-    for rel in TRAINER_SIDE:
-        path = ROOT / rel
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                names = [node.module or ""]
-            else:
-                continue
-            offenders += [f"{rel}: {n}" for n in names if n.split(".")[0] in WEB_STACK]
+    offenders = [
+        f"{rel}: {name}"
+        for rel in TRAINER_SIDE
+        for name in imported_modules(ROOT / rel)
+        if name.split(".")[0] in WEB_STACK
+    ]
     assert offenders == []
     modules = ", ".join(rel.removesuffix(".py").replace("/", ".") for rel in TRAINER_SIDE)
     probe = (
