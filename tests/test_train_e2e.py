@@ -61,10 +61,24 @@ def ddpo(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 def test_train_writes_metrics_checkpoints_and_loadable_lora(tmp_path, server, tiny_sd):
     cfg = write_config(tmp_path, tiny_sd, server.url)
-    ddpo("train", "--config", str(cfg), "--set", "num_epochs=2")
+    ddpo(
+        "train",
+        "--config",
+        str(cfg),
+        "--set",
+        "num_epochs=2",
+        "--set",
+        "train_gradient_accumulation_steps=2",
+    )
     out = tmp_path / "out"
     records = read_metrics(out)
     assert [r["epoch"] for r in records] == [0, 1]
+    # 8 samples / train batch 2 = 4 batches per epoch, 2 accumulated per optimizer step.
+    assert [r["global_step"] for r in records] == [2, 4]
+    blob = torch.load(out / "checkpoints/epoch_0002/optimizer.pt", weights_only=True)
+    adam_steps = {float(s["step"]) for s in blob["optimizer"]["state"].values()}
+    assert adam_steps == {4.0}, "global_step must count optimizer steps"
+    assert "log_ratio_abs_max" in records[0] and "old_log_prob_drift" in records[0]
     for r in records:
         for key in (
             "reward_mean",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from trainer.lora import save_lora
+from trainer.rng_state import RngState, capture_rng_state, restore_rng_state
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
 TRAINABLE_FILE = "trainable.safetensors"
@@ -39,8 +43,14 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     state: ResumeState,
     keep: int,
+    scaler: torch.amp.GradScaler | None = None,
+    rng_states: list[RngState] | None = None,
 ) -> Path:
-    """Write checkpoints/epoch_NNNN/ atomically (tmp dir then rename) and prune old ones."""
+    """Write checkpoints/epoch_NNNN/ atomically (tmp dir then rename) and prune old ones.
+
+    `rng_states` holds every rank's generators (default: this process's alone);
+    `scaler` is fp16's loss scaler, whose scale a resume must not reset.
+    """
     root = directory / "checkpoints"
     final = root / f"epoch_{state.epoch:04d}"
     tmp = root / f".tmp_epoch_{state.epoch:04d}"
@@ -48,7 +58,11 @@ def save_checkpoint(
     tmp.mkdir(parents=True)
     save_file(trainable_state(unet), str(tmp / TRAINABLE_FILE))
     torch.save(
-        {"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()},
+        {
+            "optimizer": optimizer.state_dict(),
+            "rng_states": rng_states if rng_states is not None else [capture_rng_state()],
+            "scaler": scaler.state_dict() if scaler is not None else None,
+        },
         tmp / OPTIMIZER_FILE,
     )
     (tmp / STATE_FILE).write_text(json.dumps(state.__dict__, indent=1))
@@ -69,9 +83,19 @@ def latest_checkpoint(directory: Path) -> Path | None:
 
 
 def load_checkpoint(
-    path: Path, unet: torch.nn.Module, optimizer: torch.optim.Optimizer
+    path: Path,
+    unet: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    scaler: torch.amp.GradScaler | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> ResumeState:
-    """Restore trainable weights, optimizer and RNG; weights_only loading, no pickle."""
+    """Restore trainable weights, optimizer, loss scaler and this rank's RNG.
+
+    Loading is weights_only (no pickle). A checkpoint from another number of
+    processes still resumes, with a warning: the RNG streams cannot match then.
+    """
     trainable = load_file(str(path / TRAINABLE_FILE))
     expected = {n for n, p in unet.named_parameters() if p.requires_grad}
     if set(trainable) != expected:
@@ -87,6 +111,31 @@ def load_checkpoint(
             params[name].copy_(value.to(params[name].device, params[name].dtype))
     blob = torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
     optimizer.load_state_dict(blob["optimizer"])
-    torch.set_rng_state(blob["torch_rng"])
+    _restore_rng(blob, rank, world_size, path)
+    _restore_scaler(blob.get("scaler"), scaler, path)
     data = json.loads((path / STATE_FILE).read_text())
     return ResumeState(**data)
+
+
+def _restore_rng(blob: dict[str, Any], rank: int, world_size: int, path: Path) -> None:
+    states = blob.get("rng_states")
+    if states is None:  # checkpoints of before 2026-12 kept the main process's torch RNG
+        torch.set_rng_state(blob["torch_rng"])
+        return
+    if len(states) != world_size:
+        log.warning(
+            "checkpoint %s was written by %d processes, this run has %d: RNG streams differ",
+            path,
+            len(states),
+            world_size,
+        )
+    restore_rng_state(states[rank % len(states)])
+
+
+def _restore_scaler(
+    saved: dict[str, Any] | None, scaler: torch.amp.GradScaler | None, path: Path
+) -> None:
+    if scaler is not None and saved is not None:
+        scaler.load_state_dict(saved)
+    elif scaler is not None:
+        log.warning("checkpoint %s has no fp16 loss-scaler state; the scale starts afresh", path)

@@ -34,7 +34,20 @@ class RewardEndpoint(BaseModel):
     weight: float = Field(1.0, description="Weight of this scorer in the summed reward.")
     api_key: str | None = Field(None, description="Sent as `Authorization: Bearer KEY`.")
     timeout_s: float = Field(60.0, gt=0, description="Per-request timeout.")
-    max_retries: int = Field(4, ge=0, description="Retries on connection errors and 5xx.")
+    max_retries: int = Field(
+        4,
+        ge=0,
+        description="Retries on connection errors, 5xx, 408 and 429 (other 4xx fail at once); "
+        "when they end on an outage, outage_budget_s takes over.",
+    )
+    outage_budget_s: float = Field(
+        600.0,
+        ge=0,
+        description="How long this endpoint may be down (connections refused or reset, "
+        "timeouts, 502/503/504, and no replica's /readyz ready) before the run fails: requests "
+        "wait and are sent again once a replica is ready; a line is logged every 15 s. Time "
+        "down does not count against reward_epoch_deadline_s. 0: fail after max_retries.",
+    )
     mode: Literal["auto", "sync", "job"] = Field(
         "auto",
         description="sync: POST /v1/score; job: POST /v1/jobs and long-poll (human ratings); "
@@ -181,7 +194,16 @@ class TrainConfig(BaseModel):
         "more memory, better device use).",
     )
     train_cfg: bool = Field(
-        True, description="Use classifier-free guidance when re-computing log-probs in training."
+        True,
+        description="Use classifier-free guidance when re-computing log-probs in training "
+        "(must match sampling: false needs sample_guidance_scale = 1).",
+    )
+    train_recompute_old_log_probs: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="Recompute the sampled steps' log-probs at the training batch shape before "
+        "the first update, so the PPO ratio starts at exactly 1 where kernels round differently "
+        "by batch shape (reduced precision on GPUs). auto: probe one pass per epoch, recompute "
+        "only if it differs; costs one forward pass per trained step when it does.",
     )
 
     # advantages
@@ -201,7 +223,10 @@ class TrainConfig(BaseModel):
         description="Reward endpoints ([[rewards]] tables); the reward is their weighted sum.",
     )
     reward_epoch_deadline_s: float = Field(
-        600.0, gt=0, description="Longest wait for an epoch's rewards before the run fails."
+        600.0,
+        gt=0,
+        description="Longest wait for an epoch's rewards before the run fails; the clock stops "
+        "while a reward endpoint is down (that is bounded by its outage_budget_s instead).",
     )
 
     @model_validator(mode="after")
@@ -217,6 +242,20 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 f"train_batch_size ({self.train_batch_size}) must divide the samples per epoch "
                 f"per process ({total} = sample_batch_size x sample_num_batches_per_epoch)"
+            )
+        batches = total // self.train_batch_size
+        if batches % self.train_gradient_accumulation_steps:
+            raise ValueError(
+                f"train_gradient_accumulation_steps ({self.train_gradient_accumulation_steps}) "
+                f"must divide the train batches per inner epoch ({batches} = {total} samples / "
+                f"train_batch_size {self.train_batch_size}); otherwise the last gradients would "
+                "leak into the next epoch's first step"
+            )
+        if not self.train_cfg and self.sample_guidance_scale != 1.0:
+            raise ValueError(
+                f"train_cfg = false with sample_guidance_scale = {self.sample_guidance_scale:g} "
+                "trains a policy other than the one that sampled (off-policy from the first "
+                "step): set train_cfg = true, or sample_guidance_scale = 1"
             )
         return self
 

@@ -21,6 +21,7 @@ class PPOStats:
     approx_kl: torch.Tensor
     clipfrac: torch.Tensor
     ratio_mean: torch.Tensor
+    log_ratio_abs_max: torch.Tensor
 
 
 def ppo_loss(
@@ -37,9 +38,10 @@ def ppo_loss(
     clipped = -advantages * ratio.clamp(1.0 - clip_range, 1.0 + clip_range)
     loss = torch.maximum(unclipped, clipped).mean()
     with torch.no_grad():
-        approx_kl = 0.5 * ((log_prob - old_log_prob) ** 2).mean()
+        log_ratio = log_prob - old_log_prob
+        approx_kl = 0.5 * (log_ratio**2).mean()
         clipfrac = ((ratio - 1.0).abs() > clip_range).float().mean()
-    return PPOStats(loss, approx_kl, clipfrac, ratio.detach().mean())
+    return PPOStats(loss, approx_kl, clipfrac, ratio.detach().mean(), log_ratio.abs().max())
 
 
 def recompute_log_prob(
@@ -68,7 +70,7 @@ def recompute_log_prob(
     scheduler = family.pipeline.scheduler
     out = family.predict(
         unet,
-        scheduler.scale_model_input(latents, timesteps),
+        family.model_input(latents, timesteps),
         timesteps,
         cond,
         uncond,
@@ -78,20 +80,98 @@ def recompute_log_prob(
         scheduler,
         out.float(),
         timesteps,
-        latents.float(),
+        latents,
         eta=eta,
-        prev_sample=next_latents.float(),
+        prev_sample=next_latents,
     )
     return log_prob
 
 
-def num_train_timesteps(cfg: TrainConfig) -> int:
+def trained_steps_per_sample(cfg: TrainConfig) -> int:
+    """Denoising steps of each trajectory that PPO trains on (`train_timestep_fraction`)."""
     return max(1, int(cfg.sample_num_steps * cfg.train_timestep_fraction))
 
 
 def num_passes(cfg: TrainConfig) -> int:
     """UNet forward/backward passes per train batch."""
-    return math.ceil(num_train_timesteps(cfg) / cfg.train_timesteps_per_pass)
+    return math.ceil(trained_steps_per_sample(cfg) / cfg.train_timesteps_per_pass)
+
+
+#: Largest |log-prob at sampling - log-prob at the training batch shape| taken as "the same":
+#: under it the old log-probs are kept, over it (`auto`) they are recomputed.
+DRIFT_TOLERANCE = 1e-6
+
+
+@dataclass
+class TrainPass:
+    """One UNet pass: entries (sample `idx[rows[i]]`, step `cols[i]`) of one train batch."""
+
+    idx: torch.Tensor  # (size,) sample indices of the train batch
+    rows: torch.Tensor  # (size * m,) row within the batch of each entry
+    cols: torch.Tensor  # (size * m,) denoising step of each entry
+
+
+def plan_inner_epoch(
+    n: int, steps: int, cfg: TrainConfig, generator: torch.Generator, device: torch.device
+) -> list[list[TrainPass]]:
+    """Train batches (each a list of passes) of one inner epoch, as DDPO shuffles them.
+
+    Samples are shuffled, and each sample's steps are permuted independently
+    before `train_timestep_fraction` of them are kept.
+    """
+    kept = trained_steps_per_sample(cfg)
+    order = torch.randperm(n, generator=generator)
+    perms = torch.stack([torch.randperm(steps, generator=generator) for _ in range(n)])
+    batches = []
+    for b in range(n // cfg.train_batch_size):
+        idx = order[b * cfg.train_batch_size : (b + 1) * cfg.train_batch_size]
+        step_perm = perms[idx][:, :kept].to(device)  # (size, kept)
+        passes = []
+        for start in range(0, kept, cfg.train_timesteps_per_pass):
+            cols = step_perm[:, start : start + cfg.train_timesteps_per_pass]  # (size, m)
+            rows = torch.arange(len(idx), device=device).repeat_interleave(cols.shape[1])
+            passes.append(TrainPass(idx.to(device), rows, cols.reshape(-1)))
+        batches.append(passes)
+    return batches
+
+
+@torch.no_grad()
+def rescore_old_log_probs(
+    accelerator,
+    family: DiffusionFamily,
+    unet: torch.nn.Module,
+    trajs: Trajectories,
+    batches: list[list[TrainPass]],
+    cfg: TrainConfig,
+    uncond: PromptEmbeds | None,
+) -> tuple[torch.Tensor, float]:
+    """Old log-probs of the entries of `batches` recomputed at the training batch shape.
+
+    Under reduced precision a kernel may round differently for a batch of 2 x
+    sample_batch_size (sampling) than for 2 x train_batch_size x m (training),
+    so the ratio would be off 1 before any update. Returns the updated copy of
+    `trajs.log_probs` and the largest change made.
+    """
+    old = trajs.log_probs.clone()
+    drift = 0.0
+    for passes in batches:
+        batch = trajs.select(passes[0].idx.cpu())
+        for p in passes:
+            with accelerator.autocast():
+                lp = recompute_log_prob(
+                    family,
+                    unet,
+                    batch,
+                    p.cols,
+                    uncond,
+                    cfg.sample_guidance_scale,
+                    cfg.sample_eta,
+                    rows=p.rows,
+                ).to(old.device)
+            samples, cols = p.idx[p.rows].to(old.device), p.cols.to(old.device)
+            drift = max(drift, float((lp - old[samples, cols]).abs().max()))
+            old[samples, cols] = lp
+    return old, drift
 
 
 def ppo_update(
@@ -107,63 +187,65 @@ def ppo_update(
 ) -> dict[str, float]:
     """Inner epochs of PPO over this process's samples; returns averaged stats.
 
-    Samples are shuffled, and each sample's timesteps are permuted independently
-    before `train_timestep_fraction` of them are kept, as in DDPO. Kept timesteps
-    go through the UNet `train_timesteps_per_pass` at a time; each pass's loss is
-    weighted so that the accumulated gradient equals DDPO's one-timestep-per-pass
-    loop. One optimizer step per `train_gradient_accumulation_steps` train batches.
+    Kept timesteps go through the UNet `train_timesteps_per_pass` at a time;
+    each pass's loss is weighted so that the accumulated gradient equals DDPO's
+    one-timestep-per-pass loop. One optimizer step per
+    `train_gradient_accumulation_steps` train batches.
+
+    `log_ratio_abs_max` is the largest |log ratio| seen (0 before any update
+    means the ratio is exactly what PPO assumes); `old_log_prob_drift` is how far
+    the sampling-time log-probs were from those at the training batch shape.
     """
     scheduler = family.pipeline.scheduler
     scheduler.set_timesteps(cfg.sample_num_steps, device=family.device)
     n, steps = trajs.log_probs.shape
-    kept = num_train_timesteps(cfg)
+    kept = trained_steps_per_sample(cfg)
     passes = num_passes(cfg)
     accelerator.gradient_accumulation_steps = cfg.train_gradient_accumulation_steps * passes
     use_cfg = cfg.train_cfg and cfg.sample_guidance_scale != 1.0
     if use_cfg and uncond is None:
         raise ValueError("classifier-free guidance in training needs the unconditional embeds")
+    train_uncond = uncond if use_cfg else None
     advantages = advantages.to(family.device)
-    totals: dict[str, list[torch.Tensor]] = defaultdict(list)
+    plans = [
+        plan_inner_epoch(n, steps, cfg, generator, family.device)
+        for _ in range(cfg.train_num_inner_epochs)
+    ]
     unet.train()
-
-    batches_per_inner = n // cfg.train_batch_size
+    old_log_probs, drift = _old_log_probs(
+        accelerator, family, unet, trajs, plans[0], cfg, train_uncond
+    )
+    old_log_probs = old_log_probs.to(family.device)
+    totals: dict[str, list[torch.Tensor]] = defaultdict(list)
     bar = tqdm(
-        total=cfg.train_num_inner_epochs * batches_per_inner * kept,
+        total=sum(len(batches) for batches in plans) * kept,
         desc="training",
         unit="step",
         leave=False,
         disable=not accelerator.is_local_main_process,
     )
-    for _ in range(cfg.train_num_inner_epochs):
-        order = torch.randperm(n, generator=generator)
-        perms = torch.stack([torch.randperm(steps, generator=generator) for _ in range(n)])
-        for b in range(batches_per_inner):
-            idx = order[b * cfg.train_batch_size : (b + 1) * cfg.train_batch_size]
-            batch = trajs.select(idx)
-            size = len(idx)
-            batch_adv = advantages[idx.to(family.device)]
-            step_perm = perms[idx][:, :kept].to(family.device)  # (size, kept)
-            for start in range(0, kept, cfg.train_timesteps_per_pass):
-                cols = step_perm[:, start : start + cfg.train_timesteps_per_pass]  # (size, m)
-                m = cols.shape[1]
-                rows = torch.arange(size, device=family.device).repeat_interleave(m)
-                cols = cols.reshape(-1)
-                old_log_prob = batch.log_probs[rows, cols]
+    for batches in plans:
+        for train_batch in batches:
+            batch = trajs.select(train_batch[0].idx.cpu())
+            batch_adv = advantages[train_batch[0].idx]
+            batch_old = old_log_probs[train_batch[0].idx]
+            for p in train_batch:
+                m = len(p.cols) // len(p.idx)
                 with accelerator.accumulate(unet), accelerator.autocast():
                     log_prob = recompute_log_prob(
                         family,
                         unet,
                         batch,
-                        cols,
-                        uncond if use_cfg else None,
+                        p.cols,
+                        train_uncond,
                         cfg.sample_guidance_scale,
                         cfg.sample_eta,
-                        rows=rows,
+                        rows=p.rows,
                     )
                     stats = ppo_loss(
                         log_prob,
-                        old_log_prob,
-                        batch_adv[rows],
+                        batch_old[p.rows, p.cols],
+                        batch_adv[p.rows],
                         cfg.train_clip_range,
                         cfg.train_adv_clip_max,
                     )
@@ -174,9 +256,43 @@ def ppo_update(
                         accelerator.clip_grad_norm_(unet.parameters(), cfg.train_max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
-                for key in ("loss", "approx_kl", "clipfrac", "ratio_mean"):
+                for key in ("loss", "approx_kl", "clipfrac", "ratio_mean", "log_ratio_abs_max"):
                     totals[key].append(getattr(stats, key).detach())
                 bar.update(m)
     bar.close()
     unet.eval()
-    return {k: float(torch.stack(v).mean()) for k, v in totals.items()}
+    out = {k: float(torch.stack(v).mean()) for k, v in totals.items()}
+    out["log_ratio_abs_max"] = float(torch.stack(totals["log_ratio_abs_max"]).max())
+    if drift is not None:
+        out["old_log_prob_drift"] = drift
+    return out
+
+
+def _old_log_probs(
+    accelerator,
+    family: DiffusionFamily,
+    unet: torch.nn.Module,
+    trajs: Trajectories,
+    first_epoch: list[list[TrainPass]],
+    cfg: TrainConfig,
+    uncond: PromptEmbeds | None,
+) -> tuple[torch.Tensor, float | None]:
+    """The log-probs PPO divides by: as sampled, or recomputed (`train_recompute_old_log_probs`).
+
+    `auto` probes one pass of each shape the first inner epoch uses and
+    recomputes that whole inner epoch's entries only if the kernels gave a
+    different log-prob at the training batch shape. The drift is None if not probed.
+    """
+    mode = cfg.train_recompute_old_log_probs
+    if mode == "never" or not first_epoch:
+        return trajs.log_probs, None
+    if mode == "auto":
+        probes: dict[int, TrainPass] = {}
+        for p in first_epoch[0]:  # the last pass of a batch may hold fewer timesteps
+            probes.setdefault(len(p.rows), p)
+        _, drift = rescore_old_log_probs(
+            accelerator, family, unet, trajs, [[p] for p in probes.values()], cfg, uncond
+        )
+        if drift <= DRIFT_TOLERANCE:
+            return trajs.log_probs, drift
+    return rescore_old_log_probs(accelerator, family, unet, trajs, first_epoch, cfg, uncond)

@@ -24,7 +24,7 @@ class Trajectories:
     prompts: list[str]
     prompt_ids: torch.Tensor  # (B,) index into the run's prompt list
     embeds: PromptEmbeds  # conditioning, (B, ...)
-    latents: torch.Tensor  # (B, T+1, C, H, W): x_T ... x_0
+    latents: torch.Tensor  # (B, T+1, C, H, W) float32: x_T ... x_0, exactly as log-probbed
     log_probs: torch.Tensor  # (B, T) log-prob of each sampled step
     timesteps: torch.Tensor  # (B, T)
     images: np.ndarray  # (B, H, W, 3) uint8
@@ -78,7 +78,9 @@ def sample_trajectories(
     """Run the DDIM chain for one batch, recording what PPO needs to re-score it.
 
     Noise comes from one generator per sample, so a sample does not change with
-    batch size or rank layout.
+    batch size or rank layout. The chain is kept in float32 whatever the weight
+    dtype: each step's log-prob is taken on the very latent that is stored and
+    later re-scored (rounding it to bf16 afterwards would bias every ratio).
     """
     device = family.device
     scheduler = family.pipeline.scheduler
@@ -93,18 +95,17 @@ def sample_trajectories(
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     shape = family.latent_shape(resolution)
     latents = torch.stack([torch.randn(shape, generator=g) for g in generators])
-    latents = (latents * scheduler.init_noise_sigma).to(device, family.dtype)
+    latents = (latents * scheduler.init_noise_sigma).to(device, torch.float32)
 
     all_latents = [latents]
     all_log_probs = []
     for t in scheduler.timesteps:
         t_batch = t.repeat(batch).to(device)
-        model_in = scheduler.scale_model_input(latents, t)
+        model_in = family.model_input(latents, t_batch)
         output = family.predict(unet, model_in, t_batch, cond, uncond_b, guidance_scale)
         latents, log_prob = ddim_step_with_logprob(
-            scheduler, output.float(), t_batch, latents.float(), eta=eta, generator=generators
+            scheduler, output.float(), t_batch, latents, eta=eta, generator=generators
         )
-        latents = latents.to(family.dtype)
         all_latents.append(latents)
         all_log_probs.append(log_prob)
 

@@ -6,6 +6,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,9 +22,11 @@ from trainer.checkpoint import (
 )
 from trainer.config import TrainConfig
 from trainer.families import DiffusionFamily, load_family
+from trainer.families.base import PromptEmbeds
 from trainer.lora import add_lora, save_lora
 from trainer.ppo import num_passes, ppo_update
-from trainer.reward_client import RewardClient, gather_results
+from trainer.reward_client import RewardClient, RewardResult, gather_results
+from trainer.rng_state import gather_rng_states
 from trainer.run_log import RunLog
 from trainer.sampling import Trajectories, sample_seed, sample_trajectories
 from trainer.stat_tracker import PerPromptStatTracker, normalize_global
@@ -31,6 +34,9 @@ from trainer.stat_tracker import PerPromptStatTracker, normalize_global
 log = logging.getLogger(__name__)
 
 _DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+#: PPO statistics averaged over ranks, and those whose largest value over ranks is logged.
+_MEAN_STATS = ("loss", "approx_kl", "clipfrac", "ratio_mean")
+_MAX_STATS = ("log_ratio_abs_max", "old_log_prob_drift")
 
 
 @dataclass
@@ -38,6 +44,27 @@ class TrainResult:
     output_dir: Path
     epochs_run: int
     final_weights: Path | None
+
+
+@dataclass
+class Run:
+    """What the epoch loop works with: set up once, passed to each phase."""
+
+    cfg: TrainConfig
+    accelerator: Accelerator
+    family: DiffusionFamily
+    unet: torch.nn.Module  # accelerate-wrapped
+    optimizer: torch.optim.Optimizer
+    client: RewardClient
+    tracker: PerPromptStatTracker
+    prompts: list[str]
+    resolution: int
+    uncond: PromptEmbeds
+    output_dir: Path
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
 
 
 def _build_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -58,6 +85,22 @@ def _build_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torc
         weight_decay=cfg.train_adam_weight_decay,
         eps=cfg.train_adam_epsilon,
     )
+
+
+def prepare_trainable_unet(
+    cfg: TrainConfig, family: DiffusionFamily, accelerator: Accelerator
+) -> torch.nn.Module:
+    """The UNet as it is trained: LoRA on weights in the mixed-precision dtype, or all fp32."""
+    unet = family.unet
+    if cfg.use_lora:
+        unet.to(accelerator.device, dtype=_DTYPES[cfg.mixed_precision])
+        add_lora(unet, cfg)
+    else:
+        unet.to(accelerator.device, dtype=torch.float32)
+        unet.requires_grad_(True)
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    return unet
 
 
 def _pick_prompts(
@@ -86,6 +129,184 @@ def advantages(
     return adv
 
 
+def optimizer_steps_per_epoch(cfg: TrainConfig) -> int:
+    """Optimizer steps in one epoch (the config guarantees accumulation divides the batches)."""
+    samples = cfg.sample_batch_size * cfg.sample_num_batches_per_epoch
+    batches = samples // cfg.train_batch_size
+    return cfg.train_num_inner_epochs * batches // cfg.train_gradient_accumulation_steps
+
+
+def sample_epoch(run: Run, epoch: int) -> tuple[Trajectories, list]:
+    """Sample this rank's batches; each is sent for scoring as soon as it is decoded."""
+    cfg, acc = run.cfg, run.accelerator
+    run.unet.eval()
+    parts: list[Trajectories] = []
+    futures = []
+    for b in tqdm(
+        range(cfg.sample_num_batches_per_epoch),
+        desc=f"epoch {epoch}: sampling",
+        leave=False,
+        disable=not acc.is_local_main_process,
+    ):
+        ids = _pick_prompts(cfg, run.prompts, epoch, run.rank, b)
+        seeds = [sample_seed(cfg.seed, epoch, run.rank, b, i) for i in range(len(ids))]
+        with acc.autocast():
+            traj = sample_trajectories(
+                run.family,
+                run.unet,
+                [run.prompts[i] for i in ids],
+                torch.tensor(ids),
+                seeds,
+                cfg.sample_num_steps,
+                cfg.sample_guidance_scale,
+                cfg.sample_eta,
+                run.resolution,
+                uncond=run.uncond,
+            )
+        parts.append(traj)
+        sample_ids = [f"e{epoch}-r{run.rank}-b{b}-{i}" for i in range(len(ids))]
+        futures.append(run.client.submit(traj.images, traj.prompts, ids=sample_ids))
+    return Trajectories.cat(parts), futures
+
+
+def epoch_advantages(
+    run: Run, trajs: Trajectories, rewards: RewardResult
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """This rank's advantages, from every rank's rewards; and the reward figures to log."""
+    acc = run.accelerator
+    all_rewards = acc.gather(torch.as_tensor(rewards.rewards, device=acc.device)).cpu().numpy()
+    all_ids = acc.gather(trajs.prompt_ids.to(acc.device)).cpu().numpy()
+    adv = advantages(run.cfg, run.tracker, [run.prompts[i] for i in all_ids], all_rewards)
+    adv_local = torch.as_tensor(adv, dtype=torch.float32).reshape(acc.num_processes, -1)[run.rank]
+    counts = torch.tensor(
+        [rewards.num_rated, rewards.num_dropped, rewards.num_filled], device=acc.device
+    )
+    num_rated, num_dropped, num_filled = acc.reduce(counts, "sum").tolist()
+    scored = all_rewards[np.isfinite(all_rewards)]
+    per_scorer = {
+        name: acc.gather(torch.as_tensor(v, device=acc.device)).cpu().numpy()
+        for name, v in sorted(rewards.per_scorer.items())
+    }
+    figures = {
+        "reward_mean": float(scored.mean()) if scored.size else float("nan"),
+        "reward_std": float(scored.std()) if scored.size else float("nan"),
+        "num_samples": int(all_rewards.size),
+        "num_dropped": int(num_dropped),
+        "num_filled": int(num_filled),
+        "num_rated": int(num_rated),
+        **{f"reward_{k}_mean": float(np.nanmean(v)) for k, v in per_scorer.items()},
+    }
+    return adv_local, figures
+
+
+def update(run: Run, epoch: int, trajs: Trajectories, adv: torch.Tensor) -> dict[str, float]:
+    """PPO on this rank's samples; statistics averaged (or maxed) over all ranks."""
+    gen = torch.Generator().manual_seed(sample_seed(run.cfg.seed, epoch, run.rank, 2**31, 0))
+    stats = ppo_update(
+        run.accelerator, run.family, run.unet, run.optimizer, trajs, adv, run.cfg, gen, run.uncond
+    )
+    return global_stats(run.accelerator, stats)
+
+
+def global_stats(accelerator: Accelerator, stats: dict[str, float]) -> dict[str, float]:
+    """Means over ranks for averages; the largest value over ranks for maxima."""
+    out: dict[str, float] = {}
+    device = accelerator.device
+    means = [k for k in _MEAN_STATS if k in stats]
+    if means:
+        local = torch.tensor([stats[k] for k in means], dtype=torch.float64, device=device)
+        out.update(zip(means, accelerator.reduce(local, "mean").tolist(), strict=True))
+    maxima = [k for k in _MAX_STATS if k in stats]
+    if maxima:
+        local = torch.tensor([[stats[k] for k in maxima]], dtype=torch.float64, device=device)
+        out.update(zip(maxima, accelerator.gather(local).max(dim=0).values.tolist(), strict=True))
+    return out
+
+
+def save_epoch_checkpoint(run: Run, epoch: int, global_step: int) -> None:
+    """Every rank hands over its RNG state; the main process writes the checkpoint."""
+    acc = run.accelerator
+    acc.wait_for_everyone()
+    rng_states = gather_rng_states()
+    if acc.is_main_process:
+        save_checkpoint(
+            run.output_dir,
+            pipeline_cls=type(run.family.pipeline),
+            unet=acc.unwrap_model(run.unet),
+            optimizer=run.optimizer.optimizer,
+            scaler=acc.scaler,
+            rng_states=rng_states,
+            state=ResumeState(
+                epoch=epoch + 1,
+                global_step=global_step,
+                stat_tracker=run.tracker.state_dict(),
+                family=run.family.name,
+                use_lora=run.cfg.use_lora,
+            ),
+            keep=run.cfg.num_checkpoint_limit,
+        )
+    acc.wait_for_everyone()
+
+
+def resume_from_checkpoint(run: Run) -> ResumeState:
+    ckpt = latest_checkpoint(run.output_dir)
+    if ckpt is None:
+        raise FileNotFoundError(f"--resume: no checkpoint under {run.output_dir / 'checkpoints'}")
+    acc = run.accelerator
+    state = load_checkpoint(
+        ckpt,
+        acc.unwrap_model(run.unet),
+        run.optimizer.optimizer,
+        scaler=acc.scaler,
+        rank=run.rank,
+        world_size=acc.num_processes,
+    )
+    run.tracker.load_state_dict(state.stat_tracker)
+    if acc.is_main_process:
+        log.info("resumed from %s at epoch %d", ckpt, state.epoch)
+    return state
+
+
+def save_final_weights(run: Run) -> Path | None:
+    if not run.accelerator.is_main_process:
+        return None
+    unet = run.accelerator.unwrap_model(run.unet)
+    if run.cfg.use_lora:
+        return save_lora(type(run.family.pipeline), unet, run.output_dir / "lora")
+    final = run.output_dir / "unet"
+    unet.save_pretrained(final, safe_serialization=True)
+    return final
+
+
+def setup_run(cfg: TrainConfig, accelerator: Accelerator, client: RewardClient) -> Run:
+    set_seed(cfg.seed, device_specific=True)
+    family = load_family(
+        cfg.pretrained_model,
+        cfg.pretrained_revision,
+        accelerator.device,
+        _DTYPES[cfg.mixed_precision],
+    )
+    resolution = cfg.resolution or family.default_resolution
+    unet = prepare_trainable_unet(cfg, family, accelerator)
+    optimizer = _build_optimizer(cfg, [p for p in unet.parameters() if p.requires_grad])
+    unet, optimizer = accelerator.prepare(unet, optimizer)
+    return Run(
+        cfg=cfg,
+        accelerator=accelerator,
+        family=family,
+        unet=unet,
+        optimizer=optimizer,
+        client=client,
+        tracker=PerPromptStatTracker(
+            cfg.per_prompt_stat_tracking_buffer_size, cfg.per_prompt_stat_tracking_min_count
+        ),
+        prompts=cfg.prompt_list(),
+        resolution=resolution,
+        uncond=family.encode_unconditional(resolution),
+        output_dir=Path(cfg.output_dir),
+    )
+
+
 def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     """Run DDPO as configured; safe to call under `accelerate launch` / torchrun."""
     accelerator = Accelerator(
@@ -94,169 +315,54 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.train_gradient_accumulation_steps * num_passes(cfg),
     )
-    rank, world = accelerator.process_index, accelerator.num_processes
     client = RewardClient(cfg.rewards, deadline_s=cfg.reward_epoch_deadline_s)
     try:
         client.check_ready()  # fail fast, before minutes of model loading
+        run = setup_run(cfg, accelerator, client)
     except BaseException:
         client.close()
         raise
-    set_seed(cfg.seed, device_specific=True)
-    output_dir = Path(cfg.output_dir)
-    prompts = cfg.prompt_list()
-
-    weight_dtype = _DTYPES[cfg.mixed_precision]
-    family: DiffusionFamily = load_family(
-        cfg.pretrained_model, cfg.pretrained_revision, accelerator.device, weight_dtype
-    )
-    resolution = cfg.resolution or family.default_resolution
-    unet = family.unet
-    if cfg.use_lora:
-        unet.to(accelerator.device, dtype=weight_dtype)
-        add_lora(unet, cfg)
-    else:
-        unet.to(accelerator.device, dtype=torch.float32)
-        unet.requires_grad_(True)
-    if cfg.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    params = [p for p in unet.parameters() if p.requires_grad]
-    optimizer = _build_optimizer(cfg, params)
-    unet, optimizer = accelerator.prepare(unet, optimizer)
-    unwrapped = accelerator.unwrap_model(unet)
-
-    tracker = PerPromptStatTracker(
-        cfg.per_prompt_stat_tracking_buffer_size, cfg.per_prompt_stat_tracking_min_count
-    )
     start_epoch, global_step = 0, 0
     if resume:
-        ckpt = latest_checkpoint(output_dir)
-        if ckpt is None:
-            raise FileNotFoundError(f"--resume: no checkpoint under {output_dir / 'checkpoints'}")
-        state = load_checkpoint(ckpt, unwrapped, optimizer.optimizer)
+        state = resume_from_checkpoint(run)
         start_epoch, global_step = state.epoch, state.global_step
-        tracker.load_state_dict(state.stat_tracker)
-        if accelerator.is_main_process:
-            log.info("resumed from %s at epoch %d", ckpt, start_epoch)
-
-    run_log = RunLog(output_dir, enabled=accelerator.is_main_process, start_epoch=start_epoch)
+    run_log = RunLog(run.output_dir, enabled=accelerator.is_main_process, start_epoch=start_epoch)
     if accelerator.is_main_process:
-        (output_dir / "config.json").write_text(cfg.model_dump_json(indent=1))
+        (run.output_dir / "config.json").write_text(cfg.model_dump_json(indent=1))
 
-    uncond = family.encode_unconditional(resolution)
-    pipeline_cls = type(family.pipeline)
     try:
         for epoch in range(start_epoch, cfg.num_epochs):
             t0 = time.perf_counter()
-            unet.eval()
-            parts: list[Trajectories] = []
-            futures = []
-            for b in tqdm(
-                range(cfg.sample_num_batches_per_epoch),
-                desc=f"epoch {epoch}: sampling",
-                leave=False,
-                disable=not accelerator.is_local_main_process,
-            ):
-                ids = _pick_prompts(cfg, prompts, epoch, rank, b)
-                seeds = [sample_seed(cfg.seed, epoch, rank, b, i) for i in range(len(ids))]
-                with accelerator.autocast():
-                    traj = sample_trajectories(
-                        family,
-                        unet,
-                        [prompts[i] for i in ids],
-                        torch.tensor(ids),
-                        seeds,
-                        cfg.sample_num_steps,
-                        cfg.sample_guidance_scale,
-                        cfg.sample_eta,
-                        resolution,
-                        uncond=uncond,
-                    )
-                parts.append(traj)
-                futures.append(
-                    client.submit(
-                        traj.images,
-                        traj.prompts,
-                        ids=[f"e{epoch}-r{rank}-b{b}-{i}" for i in range(len(ids))],
-                    )
-                )
+            trajs, futures = sample_epoch(run, epoch)
             t_sampled = time.perf_counter()
-            rewards_result, wait_s = gather_results(futures)
+            rewards, wait_s = gather_results(futures)
             t_rewarded = time.perf_counter()
-            trajs = Trajectories.cat(parts)
-
-            local_rewards = torch.as_tensor(rewards_result.rewards, device=accelerator.device)
-            all_rewards = accelerator.gather(local_rewards).cpu().numpy()
-            all_ids = accelerator.gather(trajs.prompt_ids.to(accelerator.device)).cpu().numpy()
-            adv = advantages(cfg, tracker, [prompts[i] for i in all_ids], all_rewards)
-            adv = torch.as_tensor(adv, dtype=torch.float32).reshape(world, -1)[rank]
-            counts = torch.tensor(
-                [rewards_result.num_rated, rewards_result.num_dropped, rewards_result.num_filled],
-                device=accelerator.device,
-            )
-            num_rated, num_dropped, num_filled = accelerator.reduce(counts, "sum").tolist()
-            scored = all_rewards[np.isfinite(all_rewards)]
-
-            gen = torch.Generator().manual_seed(sample_seed(cfg.seed, epoch, rank, 2**31, 0))
-            stats = ppo_update(accelerator, family, unet, optimizer, trajs, adv, cfg, gen, uncond)
-            global_step += cfg.train_num_inner_epochs * (len(trajs) // cfg.train_batch_size)
+            adv, reward_figures = epoch_advantages(run, trajs, rewards)
+            stats = update(run, epoch, trajs, adv)
+            global_step += optimizer_steps_per_epoch(cfg)
             t_trained = time.perf_counter()
-
-            per_scorer_all = {
-                name: accelerator.gather(torch.as_tensor(v, device=accelerator.device))
-                .cpu()
-                .numpy()
-                for name, v in sorted(rewards_result.per_scorer.items())
-            }
+            last = epoch + 1 == cfg.num_epochs
+            if (epoch + 1) % cfg.save_freq == 0 or last:
+                save_epoch_checkpoint(run, epoch, global_step)
             record = {
                 "epoch": epoch,
-                "reward_mean": float(scored.mean()) if scored.size else float("nan"),
-                "reward_std": float(scored.std()) if scored.size else float("nan"),
-                "num_samples": int(all_rewards.size),
-                "num_dropped": int(num_dropped),
-                "num_filled": int(num_filled),
-                "num_rated": int(num_rated),
-                **{f"reward_{k}_mean": float(np.nanmean(v)) for k, v in per_scorer_all.items()},
+                **reward_figures,
                 **stats,
                 "time_sampling_s": t_sampled - t0,
                 "time_reward_wait_s": wait_s,
                 "time_training_s": t_trained - t_rewarded,
                 "global_step": global_step,
+                "time_total_s": time.perf_counter() - t0,
             }
-            last = epoch + 1 == cfg.num_epochs
-            if (epoch + 1) % cfg.save_freq == 0 or last:
-                accelerator.wait_for_everyone()
-                if accelerator.is_main_process:
-                    save_checkpoint(
-                        output_dir,
-                        pipeline_cls=pipeline_cls,
-                        unet=unwrapped,
-                        optimizer=optimizer.optimizer,
-                        state=ResumeState(
-                            epoch=epoch + 1,
-                            global_step=global_step,
-                            stat_tracker=tracker.state_dict(),
-                            family=family.name,
-                            use_lora=cfg.use_lora,
-                        ),
-                        keep=cfg.num_checkpoint_limit,
-                    )
-                accelerator.wait_for_everyone()
-            record["time_total_s"] = time.perf_counter() - t0
-            images = (
-                trajs.images if cfg.log_images_every and epoch % cfg.log_images_every == 0 else None
+            log_images = cfg.log_images_every and epoch % cfg.log_images_every == 0
+            run_log.write_epoch(
+                record, images=trajs.images if log_images else None, prompts=trajs.prompts
             )
-            run_log.write_epoch(record, images=images, prompts=trajs.prompts)
     finally:
         client.close()
         run_log.close()
 
-    final = None
-    if accelerator.is_main_process:
-        if cfg.use_lora:
-            final = save_lora(pipeline_cls, unwrapped, output_dir / "lora")
-        else:
-            final = output_dir / "unet"
-            unwrapped.save_pretrained(final, safe_serialization=True)
+    final = save_final_weights(run)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return TrainResult(output_dir, cfg.num_epochs - start_epoch, final)
+    return TrainResult(run.output_dir, cfg.num_epochs - start_epoch, final)

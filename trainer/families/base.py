@@ -75,6 +75,15 @@ class DiffusionFamily(ABC):
         """The classifier-free-guidance negative, batch of one."""
         return self.encode_prompts([""], resolution)
 
+    def model_input(self, latents: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The UNet's input for float32 chain latents, cast the same way in sampling and PPO.
+
+        Trajectories stay float32 so that the log-prob is of exactly the stored latent;
+        only this copy is rounded to the weight dtype, identically both times.
+        """
+        scaled = self.pipeline.scheduler.scale_model_input(latents, timesteps)
+        return scaled.to(self.dtype)
+
     @abstractmethod
     def predict(
         self,
