@@ -164,8 +164,13 @@ def test_all_replicas_failing_uses_up_the_retries() -> None:
         hits.append(request.url.host)
         return httpx.Response(503, text="down")
 
+    # outage_budget_s=0: /readyz is 503 too, which would otherwise be waited out as an outage
     ep = RewardEndpoint(
-        url=["http://a.test", "http://b.test"], scorer="mock", mode="sync", max_retries=1
+        url=["http://a.test", "http://b.test"],
+        scorer="mock",
+        mode="sync",
+        max_retries=1,
+        outage_budget_s=0,
     )
     with (
         RewardClient(

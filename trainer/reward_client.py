@@ -20,6 +20,19 @@ the replica with the fewest requests in flight (ties round-robin); a
 connection error or 5xx fails over at once to a replica not yet tried, and a
 replica that failed is avoided for `failover_cooldown_s` (unless all are).
 A job stays on the replica that accepted it.
+
+Outages: a server restart (OOM kill, upgrade, reloading weights) looks like
+refused or reset connections, timeouts or 502/503/504 for tens of seconds,
+which would use up `max_retries` in seconds. So once the retries of a request
+are spent on such errors, the client asks the endpoint's replicas `/readyz`:
+if one is ready, the request itself is at fault and fails as before; if none
+is, the endpoint is down, and every request to it waits (one readiness probe
+every `outage_probe_s`, one log line every `outage_log_every_s`) and is sent
+again when a replica is back, for up to the endpoint's `outage_budget_s` of
+downtime per request. While any endpoint is down the epoch deadline clock
+stands still, so an outage is bounded by its budget, not by the deadline.
+Job polls keep their job id across a restart; a server that forgot the job
+(404) gets the items again once, as a new job.
 """
 
 from __future__ import annotations
@@ -36,7 +49,7 @@ import random
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +73,8 @@ logger = logging.getLogger(__name__)
 _ITEMS_JSON = TypeAdapter(list[ScoreItem])
 #: Statuses worth retrying: the server may recover (overload, restart, gateway).
 _RETRY_4XX = {408, 429}
+#: Statuses that say the server (or the gateway's upstream) is down, not that the request is bad.
+_OUTAGE_STATUSES = {502, 503, 504}
 #: How long `result` waits past the deadline for the loop's own, more detailed error.
 _DEADLINE_GRACE_S = 1.0
 
@@ -95,19 +110,39 @@ class _Batch:
     prompts: list[str]
     ids: list[str]
     metadata: list[dict[str, Any]]
-    deadline: float = math.inf  # time.monotonic() value
+    deadline: float = math.inf  # RewardClient._deadline_clock() value
     counts: dict[str, int] = field(default_factory=lambda: {"rated": 0, "dropped": 0, "filled": 0})
+
+
+@dataclass
+class _Outage:
+    """One endpoint (a set of replica URLs) found down; requests to it wait on `back`."""
+
+    where: str  # the replica URLs, comma-joined, for logs and errors
+    since: float  # time.monotonic() of the first failure of the streak
+    reason: str  # the latest failure or probe answer
+    budget_s: float  # the largest outage budget among the endpoints waiting
+    back: asyncio.Event = field(default_factory=asyncio.Event)
+    waiters: int = 0
+    last_log: float = 0.0
+    ended: float | None = None  # time.monotonic() when a replica was ready again
+    watcher: asyncio.Task[None] | None = None
 
 
 class RewardFuture:
     """Handle to a submitted batch; `result` blocks until scored or the deadline passes."""
 
     def __init__(
-        self, future: concurrent.futures.Future[RewardResult], deadline: float, deadline_s: float
+        self,
+        future: concurrent.futures.Future[RewardResult],
+        deadline: float,
+        deadline_s: float,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._future = future
-        self._deadline = deadline  # time.monotonic() value
+        self._deadline = deadline  # a `clock` value
         self._deadline_s = deadline_s
+        self._clock = clock  # stands still during outages, so they don't use up the deadline
 
     def done(self) -> bool:
         return self._future.done()
@@ -123,20 +158,24 @@ class RewardFuture:
         builtin TimeoutError if only `timeout` ran out (the batch keeps going).
         """
         start = time.monotonic()
-        wait = self._deadline - start + _DEADLINE_GRACE_S
-        if timeout is not None:
-            wait = min(wait, timeout)
-        try:
-            out = self._future.result(timeout=max(wait, 0.0))
-        except concurrent.futures.TimeoutError:
-            if time.monotonic() >= self._deadline:
-                self._future.cancel()
-                raise RewardError(
-                    f"rewards not ready within the {self._deadline_s:g}s deadline"
-                ) from None
-            raise TimeoutError(f"rewards not ready after {timeout:g}s") from None
-        except concurrent.futures.CancelledError:
-            raise RewardError("reward request was cancelled (client closed?)") from None
+        while True:
+            wait = self._deadline - self._clock() + _DEADLINE_GRACE_S
+            if timeout is not None:
+                wait = min(wait, timeout - (time.monotonic() - start))
+            try:
+                out = self._future.result(timeout=max(wait, 0.0))
+                break
+            except concurrent.futures.TimeoutError:
+                if self._clock() >= self._deadline + _DEADLINE_GRACE_S:
+                    self._future.cancel()
+                    raise RewardError(
+                        f"rewards not ready within the {self._deadline_s:g}s deadline"
+                    ) from None
+                if timeout is not None and time.monotonic() - start >= timeout:
+                    raise TimeoutError(f"rewards not ready after {timeout:g}s") from None
+                # the deadline moved on (an outage): keep waiting
+            except concurrent.futures.CancelledError:
+                raise RewardError("reward request was cancelled (client closed?)") from None
         return dataclasses.replace(out, wait_s=time.monotonic() - start)
 
 
@@ -259,11 +298,17 @@ class RewardClient:
         job_poll_s: float = 30.0,
         job_margin_s: float | None = None,
         failover_cooldown_s: float = 30.0,
+        outage_probe_s: float = 2.0,
+        outage_log_every_s: float = 15.0,
     ) -> None:
         """`deadline_s` bounds each batch from submit to result; `transport` is for tests.
 
         A replica URL that gave a connection error or 5xx is avoided for
         `failover_cooldown_s` while another replica of the endpoint is healthy.
+
+        While an endpoint is down its replicas' `/readyz` is probed every
+        `outage_probe_s`, and a line is logged every `outage_log_every_s`; time
+        down does not count against `deadline_s` (see the module docstring).
 
         Job endpoints long-poll up to `job_poll_s` per request and stop `job_margin_s`
         (default: 10% of the deadline, at most 10 s) before the deadline, to collect
@@ -292,6 +337,14 @@ class RewardClient:
         self._down_until: dict[str, float] = {}  # base url -> time.monotonic() value
         self._in_flight: defaultdict[str, int] = defaultdict(int)  # base url -> requests
         self._turn: defaultdict[tuple[str, ...], int] = defaultdict(int)  # round-robin
+        self.outage_probe_s = outage_probe_s
+        self.outage_log_every_s = outage_log_every_s
+        self._outages: dict[tuple[str, ...], _Outage] = {}  # replica URLs -> outage; loop only
+        # The deadline clock: time.monotonic() less the time some endpoint was down.
+        self._clock_lock = threading.Lock()
+        self._down_depth = 0
+        self._down_since = 0.0
+        self._down_total = 0.0
         self._closed = False
         self._close_lock = threading.Lock()
 
@@ -338,15 +391,15 @@ class RewardClient:
         for name, seq in (("prompts", prompts), ("ids", ids), ("metadata", metadata)):
             if len(seq) != n:
                 raise ValueError(f"{len(seq)} {name} for {n} images")
-        deadline = time.monotonic() + self.deadline_s
+        deadline = self._deadline_clock() + self.deadline_s
         batch = _Batch(np.array(images, copy=True, order="C"), prompts, ids, metadata, deadline)
-        coro = self._score_with_deadline(batch, deadline)
+        coro = self._score_with_deadline(batch)
         try:
             cf = asyncio.run_coroutine_threadsafe(coro, self._loop)
         except RuntimeError:  # the loop closed between the check above and here
             coro.close()
             raise RewardError("reward client is closed") from None
-        return RewardFuture(cf, deadline, self.deadline_s)
+        return RewardFuture(cf, deadline, self.deadline_s, self._deadline_clock)
 
     def check_ready(self, timeout_s: float = 10) -> None:
         """Fail fast, before epoch 1, if a server is down, not ready or lacks a scorer."""
@@ -363,6 +416,10 @@ class RewardClient:
             ) from None
         if problems:
             raise RewardServerUnavailable("; ".join(problems))
+
+    def endpoints_down(self) -> list[str]:
+        """Replica URLs (comma-joined per endpoint) now waited on as down (for tests and logs)."""
+        return [o.where for o in list(self._outages.values())]
 
     def url_in_cooldown(self, url: str) -> bool:
         """Whether a replica URL is being avoided after a failure (for tests and logs)."""
@@ -401,20 +458,48 @@ class RewardClient:
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._http.aclose()
 
-    async def _score_with_deadline(self, batch: _Batch, deadline: float) -> RewardResult:
+    def _deadline_clock(self) -> float:
+        """time.monotonic() that stands still while any endpoint is down (thread-safe)."""
+        with self._clock_lock:
+            now = time.monotonic()
+            down = self._down_total + (now - self._down_since if self._down_depth else 0.0)
+            return now - down
+
+    def _pause_deadlines(self, pause: bool) -> None:
+        """Start (or end) one outage's hold on every batch's deadline."""
+        with self._clock_lock:
+            now = time.monotonic()
+            if pause:
+                if self._down_depth == 0:
+                    self._down_since = now
+                self._down_depth += 1
+            else:
+                self._down_depth -= 1
+                if self._down_depth == 0:
+                    self._down_total += now - self._down_since
+
+    async def _score_with_deadline(self, batch: _Batch) -> RewardResult:
         pending: dict[str, str] = {}  # what is still outstanding, for the deadline message
+        task = asyncio.ensure_future(self._score(batch, pending))
         try:
-            return await asyncio.wait_for(
-                self._score(batch, pending), timeout=deadline - time.monotonic()
-            )
-        except asyncio.TimeoutError:
+            # Not wait_for: the deadline moves on while an endpoint is down.
+            while not task.done() and (left := batch.deadline - self._deadline_clock()) > 0:
+                await asyncio.wait({task}, timeout=left)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
             waiting = "; ".join(f"{k}: {v}" for k, v in sorted(pending.items())[:4])
             more = f" (+{len(pending) - 4} more)" if len(pending) > 4 else ""
             raise RewardError(
                 f"rewards for {len(batch.ids)} images not ready within the {self.deadline_s:g}s "
                 f"deadline; still waiting on {waiting or 'nothing'}{more}"
-            ) from None
-        except RewardError:
+            )
+        try:
+            return task.result()
+        except (RewardError, asyncio.CancelledError):
             raise
         except Exception as exc:
             raise RewardError(f"scoring failed: {type(exc).__name__}: {exc}") from exc
@@ -516,21 +601,33 @@ class RewardClient:
         content: bytes | None = None,
         extra_timeout_s: float = 0.0,
         pin: str | None = None,
+        accept: Collection[int] = (),
     ) -> tuple[httpx.Response, str]:
         """One request with retries on connection errors, 5xx, 408 and 429; 4xx fail at once.
 
-        Returns the response and the replica base URL that gave it. Connection
-        errors and 5xx fail over at once to a healthy replica not yet tried, without
-        using up a retry; `pin` keeps every attempt on one replica (a job's).
+        Returns the response and the replica base URL that gave it (statuses in
+        `accept` count as answers). Connection errors and 5xx fail over at once
+        to a healthy replica not yet tried, without using up a retry; `pin` keeps
+        every attempt on one replica (a job's). When the retries end on an
+        outage (see the module docstring) the request waits it out and starts over.
         """
         bases = [pin] if pin is not None else [_base_url(u) for u in ep.urls]
+        key = tuple(bases)
+        rides_out = ep.outage_budget_s > 0
         headers = _headers(ep.api_key)
         if content is not None:
             headers["Content-Type"] = "application/json"
         attempt = 0
         tries = 0
         tried: set[str] = set()
+        streak: float | None = None  # time.monotonic() of the first failure since an answer
+        down_s = 0.0  # time this request spent waiting on outages, against its budget
         while True:
+            outage = self._outages.get(key)
+            if outage is not None and rides_out:  # known down: wait with the others
+                down_s += await self._wait_out(ep, key, outage, label, pending, down_s)
+                attempt, streak = 0, None
+                tried.clear()
             base = self._pick_url(bases, tried)
             tried.add(base)
             tries += 1
@@ -547,10 +644,10 @@ class RewardClient:
                 )
             except httpx.TransportError as exc:  # connect/read errors and timeouts
                 reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                failed_over = True
+                failed_over = looks_down = True
             else:
                 status = resp.status_code
-                if status < 400:
+                if status < 400 or status in accept:
                     self._down_until.pop(base, None)
                     return resp, base
                 reason = f"HTTP {status}: {_problem_detail(resp)}"
@@ -558,8 +655,10 @@ class RewardClient:
                     raise RewardError(f"{_describe(ep, base)} rejected the request: {reason}")
                 retry_after = _retry_after(resp)
                 failed_over = status >= 500
+                looks_down = status in _OUTAGE_STATUSES
             finally:
                 self._in_flight[base] -= 1
+            streak = time.monotonic() if streak is None else streak
             if failed_over and len(ep.urls) > 1:
                 now = time.monotonic()
                 if not self._cooling(base, now):
@@ -573,7 +672,16 @@ class RewardClient:
                 if pin is None and any(b not in tried and not self._cooling(b, now) for b in bases):
                     pending[label] = f"failing over after {reason}"
                     continue
+            if looks_down and rides_out and key in self._outages:
+                continue  # declared down meanwhile: join the wait instead of retrying
             if attempt >= ep.max_retries:
+                if looks_down and rides_out:
+                    waited = await self._ride_out(ep, key, streak, reason, label, pending, down_s)
+                    if waited is not None:
+                        down_s += waited
+                        attempt, streak = 0, None
+                        tried.clear()
+                        continue
                 last = f" (last on {base})" if len(bases) > 1 else ""
                 raise RewardError(f"{_describe(ep)} failed after {tries} attempts: {reason}{last}")
             delay = self._backoff(attempt, retry_after)
@@ -589,6 +697,144 @@ class RewardClient:
             )
             pending[label] = f"retry {attempt} after {reason}"
             await asyncio.sleep(delay)
+
+    # -- outages: an endpoint with no replica ready ------------------------------------
+
+    async def _ride_out(
+        self,
+        ep: RewardEndpoint,
+        key: tuple[str, ...],
+        since: float,
+        reason: str,
+        label: str,
+        pending: dict[str, str],
+        down_s: float,
+    ) -> float | None:
+        """Wait until a replica is ready; return how long the endpoint was down.
+
+        None instead if one already says it is ready: then the request, not the
+        server, is at fault and fails as before.
+        """
+        outage = self._outages.get(key)
+        if outage is None:
+            problems = await self._probe_all(ep, key)
+            if any(p is None for p in problems):
+                return None
+            outage = self._outages.get(key)  # another request may have declared it meanwhile
+            if outage is None:
+                outage = self._declare_outage(ep, key, since, problems[0] or reason)
+        return await self._wait_out(ep, key, outage, label, pending, down_s)
+
+    def _declare_outage(
+        self, ep: RewardEndpoint, key: tuple[str, ...], since: float, reason: str
+    ) -> _Outage:
+        now = time.monotonic()
+        outage = _Outage(",".join(key), since, reason, ep.outage_budget_s, last_log=now)
+        self._outages[key] = outage
+        self._pause_deadlines(True)
+        logger.warning(
+            "reward server %s is down (%s, failing for %.0fs); requests to it wait for a "
+            "replica to be ready, up to %gs (outage_budget_s), and batch deadlines are on hold",
+            outage.where,
+            reason,
+            now - since,
+            ep.outage_budget_s,
+        )
+        outage.watcher = asyncio.ensure_future(self._watch(ep, key, outage))
+        return outage
+
+    async def _wait_out(
+        self,
+        ep: RewardEndpoint,
+        key: tuple[str, ...],
+        outage: _Outage,
+        label: str,
+        pending: dict[str, str],
+        down_s: float,
+    ) -> float:
+        """Wait for the endpoint to be back; RewardError once this endpoint's budget is spent."""
+        outage.waiters += 1
+        outage.budget_s = max(outage.budget_s, ep.outage_budget_s)
+        pending[label] = f"waiting for {outage.where} to come back"
+        try:
+            left = ep.outage_budget_s - down_s - (time.monotonic() - outage.since)
+            if not outage.back.is_set():
+                await asyncio.wait_for(outage.back.wait(), timeout=max(left, 0.0))
+        except asyncio.TimeoutError:
+            down = time.monotonic() - outage.since
+            earlier = f", after {down_s:.0f}s down earlier" if down_s else ""
+            raise RewardError(
+                f"{_describe(ep, outage.where)} is down: no replica ready for {down:.0f}s"
+                f"{earlier}, past its outage budget (outage_budget_s = {ep.outage_budget_s:g}); "
+                f"last error: {outage.reason}"
+            ) from None
+        finally:
+            outage.waiters -= 1
+            if outage.waiters == 0 and not outage.back.is_set():
+                self._end_outage(key, outage, back=False)  # every waiter gave up
+        assert outage.ended is not None
+        return outage.ended - outage.since
+
+    async def _watch(self, ep: RewardEndpoint, key: tuple[str, ...], outage: _Outage) -> None:
+        """Probe the replicas until one is ready; log now and then meanwhile."""
+        while True:
+            await asyncio.sleep(self.outage_probe_s)
+            problems = await self._probe_all(ep, key)
+            ready = [b for b, p in zip(key, problems, strict=True) if p is None]
+            if ready:
+                for b in ready:
+                    self._down_until.pop(b, None)
+                self._end_outage(key, outage, back=True)
+                return
+            outage.reason = problems[0] or outage.reason
+            now = time.monotonic()
+            if now - outage.last_log >= self.outage_log_every_s:
+                outage.last_log = now
+                logger.warning(
+                    "reward server %s still down after %.0fs (%s); %.0fs of the %gs outage "
+                    "budget left; %d requests waiting",
+                    outage.where,
+                    now - outage.since,
+                    outage.reason,
+                    max(0.0, outage.budget_s - (now - outage.since)),
+                    outage.budget_s,
+                    outage.waiters,
+                )
+
+    def _end_outage(self, key: tuple[str, ...], outage: _Outage, back: bool) -> None:
+        if outage.ended is not None:
+            return
+        outage.ended = time.monotonic()
+        if self._outages.get(key) is outage:
+            del self._outages[key]
+        self._pause_deadlines(False)
+        if back:
+            logger.warning(
+                "reward server %s is back after %.0fs down; sending the %d waiting requests again",
+                outage.where,
+                outage.ended - outage.since,
+                outage.waiters,
+            )
+            outage.back.set()
+        elif outage.watcher is not None:
+            outage.watcher.cancel()
+
+    async def _probe_all(self, ep: RewardEndpoint, key: tuple[str, ...]) -> list[str | None]:
+        """Per replica: None if `/readyz` says ready, else what it said instead."""
+        return list(await asyncio.gather(*(self._probe(ep, b) for b in key)))
+
+    async def _probe(self, ep: RewardEndpoint, base: str) -> str | None:
+        try:
+            resp = await self._http.get(
+                f"{base}/readyz",
+                headers=_headers(ep.api_key),
+                timeout=httpx.Timeout(min(ep.timeout_s, 10.0), pool=None),
+            )
+        except httpx.HTTPError as exc:
+            return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if resp.status_code == 200:
+            return None
+        return f"/readyz: HTTP {resp.status_code}: {_problem_detail(resp)}"
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         """Exponential with jitter, so many trainer ranks don't retry in lockstep."""
@@ -635,18 +881,16 @@ class RewardClient:
         label: str,
         pending: dict[str, str],
     ) -> np.ndarray:
-        """Submit a job, long-poll it until done or just before the deadline, apply `missing`."""
-        stop_at = batch.deadline - self.job_margin_s
-        lifetime = max(1.0, stop_at - time.monotonic())
-        resp, base = await self._request(
-            ep, "POST", f"/v1/jobs?deadline_s={lifetime:.3f}", label, pending, content=body
-        )
-        try:
-            job_id = JobAccepted.model_validate_json(resp.content).job_id
-        except ValidationError as exc:
-            raise RewardError(f"{_describe(ep)} sent an invalid job answer: {exc}") from None
+        """Submit a job, long-poll it until done or just before the deadline, apply `missing`.
+
+        Polls ride out a restart of the accepting replica under the same job id;
+        if the server no longer knows the job (404), the items go again once.
+        """
+        stop_at = batch.deadline - self.job_margin_s  # a _deadline_clock() value
+        job_id, base = await self._submit_job(ep, body, stop_at, label, pending)
+        resubmitted = False
         while True:
-            wait = max(0.0, min(self.job_poll_s, stop_at - time.monotonic()))
+            wait = max(0.0, min(self.job_poll_s, stop_at - self._deadline_clock()))
             pending[label] = f"job {job_id}: waiting for ratings"
             resp, _ = await self._request(
                 ep,
@@ -656,12 +900,30 @@ class RewardClient:
                 pending,
                 extra_timeout_s=wait,
                 pin=base,
+                accept=(404,),
             )
+            if resp.status_code == 404:
+                if resubmitted:
+                    raise RewardError(
+                        f"{_describe(ep, base)} lost job {job_id} too (HTTP 404: "
+                        f"{_problem_detail(resp)}), the second job for these items"
+                    )
+                logger.warning(
+                    "%s no longer knows job %s (HTTP 404: %s; restarted without a persistent "
+                    "rating database?); submitting its items again as a new job, once; "
+                    "ratings given to the lost job are not used",
+                    _describe(ep, base),
+                    job_id,
+                    _problem_detail(resp),
+                )
+                job_id, base = await self._submit_job(ep, body, stop_at, label, pending)
+                resubmitted = True
+                continue
             try:
                 status = JobStatus.model_validate_json(resp.content)
             except ValidationError as exc:
                 raise RewardError(f"{_describe(ep)} sent an invalid job status: {exc}") from None
-            if status.status != "pending" or time.monotonic() >= stop_at:
+            if status.status != "pending" or self._deadline_clock() >= stop_at:
                 break
         n = len(status.scores)
         scores = np.array([np.nan if s is None else s for s in status.scores], dtype=np.float64)
@@ -699,6 +961,19 @@ class RewardClient:
         scores[missing] = filled
         batch.counts["filled"] += len(missing)
         return scores
+
+    async def _submit_job(
+        self, ep: RewardEndpoint, body: bytes, stop_at: float, label: str, pending: dict[str, str]
+    ) -> tuple[str, str]:
+        """POST the job; its id and the replica that accepted it (which its polls stay on)."""
+        lifetime = max(1.0, stop_at - self._deadline_clock())
+        resp, base = await self._request(
+            ep, "POST", f"/v1/jobs?deadline_s={lifetime:.3f}", label, pending, content=body
+        )
+        try:
+            return JobAccepted.model_validate_json(resp.content).job_id, base
+        except ValidationError as exc:
+            raise RewardError(f"{_describe(ep)} sent an invalid job answer: {exc}") from None
 
     async def _check_ready(self, timeout_s: float) -> list[str]:
         """Problems that leave some endpoint with no usable replica; warn about the others."""
