@@ -22,7 +22,7 @@ import re
 import secrets
 import shutil
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -131,8 +131,8 @@ def new_head(info: HeadDescription) -> RewardHead:
 
 
 def make_version(weights: bytes, now: datetime | None = None) -> str:
-    now = now or datetime.now(timezone.utc)
-    return f"{now.astimezone(timezone.utc):%Y%m%dT%H%M%S}-{hashlib.sha256(weights).hexdigest()[:8]}"
+    now = now or datetime.now(UTC)
+    return f"{now.astimezone(UTC):%Y%m%dT%H%M%S}-{hashlib.sha256(weights).hexdigest()[:8]}"
 
 
 def _serialise(head: RewardHead) -> bytes:
@@ -173,7 +173,7 @@ def save_head(
     Returns the saved head.json content.
     """
     weights = _serialise(head)
-    now = datetime.now(timezone.utc).replace(microsecond=0)
+    now = datetime.now(UTC).replace(microsecond=0)
     info = RewardHeadInfo(
         **description.model_dump(),
         version=make_version(weights, now),

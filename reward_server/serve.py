@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from reward_server.settings import ServerSettings
@@ -58,18 +64,95 @@ def uvicorn_options(settings: ServerSettings, log_level: str) -> dict[str, Any]:
     }
 
 
+def parent_alive_check(parent_pid: int) -> Callable[[], bool]:
+    """How to tell that the process which started this one still runs.
+
+    For our own parent, a changed getppid() is exact: the kernel re-parents us
+    (to pid 1 or a subreaper) the moment it exits, zombie or not, and a reused
+    pid cannot fool it. A pid that is not our parent (a launcher in between)
+    can only be probed with signal 0.
+    """
+    if os.getppid() == parent_pid:
+        return lambda: os.getppid() == parent_pid
+
+    def alive() -> bool:
+        try:
+            os.kill(parent_pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # exists, owned by someone else
+            return True
+        return True
+
+    return alive
+
+
+def _set_parent_death_signal(sig: int) -> None:
+    """Linux: have the kernel send `sig` when the thread that spawned us ends (no-op elsewhere).
+
+    Only right when that thread is the parent's main thread (it ends with the
+    process); the poller in watch_parent is what works everywhere.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(pr_set_pdeathsig, int(sig), 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+    except (OSError, AttributeError) as exc:
+        log.warning("prctl(PR_SET_PDEATHSIG) unavailable: %s", exc)
+
+
+def watch_parent(
+    parent_pid: int,
+    grace_s: float,
+    poll_s: float = 0.25,
+    death_signal: bool = False,
+) -> threading.Thread:
+    """Shut this server down once its parent is gone, so it never outlives it as an orphan.
+
+    The parent's gone-ness is handled like `docker stop`: SIGTERM to ourselves,
+    which uvicorn turns into its graceful shutdown (or which ends the process
+    outright while scorers are still loading). If that has not finished within
+    grace_s, the process exits hard. Polling is what covers a SIGKILLed parent;
+    death_signal adds PR_SET_PDEATHSIG on Linux for an immediate signal.
+    """
+    if death_signal:
+        _set_parent_death_signal(signal.SIGTERM)
+    alive = parent_alive_check(parent_pid)
+
+    def run() -> None:
+        while alive():
+            time.sleep(poll_s)
+        log.warning("parent process %d is gone; shutting down", parent_pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace_s)
+        log.error("graceful shutdown took over %.0f s after the parent left; exiting", grace_s)
+        os._exit(1)
+
+    thread = threading.Thread(target=run, name="parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
 def run_server(
     host: str,
     port: int,
     scorers: list[str] | None,
     api_keys: list[str],
     log_level: str = "info",
+    parent_pid: int | None = None,
+    parent_death_signal: bool = False,
 ) -> None:
     """Load the scorers, then serve until interrupted. Other settings come from DDPO_* env.
 
     scorers=None loads every scorer whose weights are at hand (or DDPO_SCORERS);
     api_keys=[] falls back to DDPO_API_KEYS. Raises SystemExit with a readable
-    message when a named scorer cannot be loaded.
+    message when a named scorer cannot be loaded. With parent_pid, the server
+    also shuts down when that process is gone (see watch_parent).
     """
     import uvicorn
 
@@ -84,6 +167,10 @@ def run_server(
         overrides["api_keys"] = api_keys
     settings = ServerSettings(**overrides)
     configure_logging(log_level, settings.log_format)
+    if parent_pid is not None:  # before loading scorers: that can take a while
+        # grace: the drain (shutdown_timeout_s for requests, then the batchers), with room
+        grace_s = 2 * settings.shutdown_timeout_s + 30
+        watch_parent(parent_pid, grace_s, death_signal=parent_death_signal)
     bind = safe_bind_host(settings)
     try:
         loaded = build_scorers(settings, settings.scorers)

@@ -1,4 +1,12 @@
-"""Run a reward server as a child process on a free loopback port (demo, tests)."""
+"""Run a reward server as a child process on a free loopback port (demo, tests).
+
+The child never outlives its parent. It runs in its own session (a terminal's
+Ctrl-C or hang-up reaches the parent only, which then stops it), the parent
+turns SIGTERM/SIGHUP into an exception while the child runs so `with` and
+`finally` stop it as on Ctrl-C, and the child watches its parent's pid and
+shuts itself down when the parent is gone for any other reason (SIGKILL, a
+crash outside `with`); see reward_server.serve.watch_parent.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +15,70 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 
 import httpx
+
+#: Signals that end a process with no cleanup unless handled (SIGHUP: not on Windows).
+TERMINATING_SIGNALS: tuple[signal.Signals, ...] = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
+class Terminated(SystemExit):
+    """SIGTERM or SIGHUP arrived: unwinds like KeyboardInterrupt, exits with 128 + signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated(signum)
+
+
+_handler_users = 0
+_replaced: list[int] = []
+
+
+def exit_on_termination() -> Callable[[], None]:
+    """Make SIGTERM/SIGHUP raise Terminated in the main thread, until the returned undo runs.
+
+    Only signals still at their default are changed (that default kills the
+    process with no `finally` run): an ignored SIGHUP (nohup) stays ignored and
+    a handler the program installed stays in charge. Nested uses share one
+    installation. Off the main thread Python cannot set handlers; then nothing
+    changes and the child's parent watch alone keeps it from outliving us.
+    """
+    global _handler_users
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    if _handler_users == 0:
+        for sig in TERMINATING_SIGNALS:
+            if signal.getsignal(sig) == signal.SIG_DFL:
+                signal.signal(sig, _raise_terminated)
+                _replaced.append(sig)
+    _handler_users += 1
+    done = False
+
+    def undo() -> None:
+        global _handler_users
+        nonlocal done
+        if done or threading.current_thread() is not threading.main_thread():
+            return
+        done = True
+        _handler_users -= 1
+        if _handler_users == 0:
+            for sig in _replaced:
+                if signal.getsignal(sig) is _raise_terminated:
+                    signal.signal(sig, signal.SIG_DFL)
+            _replaced.clear()
+
+    return undo
 
 
 def free_port() -> int:
@@ -23,7 +90,9 @@ def free_port() -> int:
 class RewardServerProcess:
     """`with RewardServerProcess(["jpeg_compressibility"]) as server: server.url`.
 
-    The child is stopped on exit, also when the body raises or is interrupted.
+    The child is stopped on exit, also when the body raises or is interrupted
+    (Ctrl-C, SIGTERM, SIGHUP), and ends by itself if this process dies without
+    stopping it.
     """
 
     def __init__(
@@ -43,16 +112,27 @@ class RewardServerProcess:
         self.extra_env = extra_env or {}
         self.proc: subprocess.Popen | None = None
         self._log_handle = None
+        self._restore_signals: Callable[[], None] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> RewardServerProcess:
+        if self.running:  # a second child would leave the first unstopped
+            raise RuntimeError(f"reward server already started (pid {self.proc.pid})")
+        self.stop()  # one that exited by itself: close its log, restore the signals
         cmd = [sys.executable, "-m", "reward_server", "--host", "127.0.0.1"]
-        cmd += ["--port", str(self.port)]
+        cmd += ["--port", str(self.port), "--parent-pid", str(os.getpid())]
         if self.scorers:
             cmd += ["--scorers", ",".join(self.scorers)]
+        # Linux's PR_SET_PDEATHSIG fires when the spawning *thread* ends: only from the main one.
+        if threading.current_thread() is threading.main_thread():
+            cmd.append("--parent-death-signal")
         env = {**os.environ, **self.extra_env}
         if self.api_key:
             env["DDPO_API_KEYS"] = self.api_key
@@ -60,8 +140,15 @@ class RewardServerProcess:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             self._log_handle = self.log_file.open("ab")
         out = self._log_handle or subprocess.DEVNULL
-        self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        self._wait_ready()
+        self._restore_signals = exit_on_termination()
+        try:
+            self.proc = subprocess.Popen(
+                cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+            self._wait_ready()
+        except BaseException:  # __exit__ does not run when __enter__ raises
+            self.stop()
+            raise
         return self
 
     def _wait_ready(self) -> None:
@@ -83,20 +170,28 @@ class RewardServerProcess:
         raise TimeoutError(f"reward server at {self.url} not ready after {self.ready_timeout_s}s")
 
     def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM (graceful drain), then SIGKILL after timeout_s; to the child's process group."""
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            _signal_group(proc, signal.SIGTERM)
             try:
                 proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                pass
+            finally:  # also when a second signal interrupts the wait
+                if proc.poll() is None:
+                    _signal_group(proc, signal.SIGKILL)
+                    proc.wait()
         if self._log_handle is not None:
             self._log_handle.close()
             self._log_handle = None
+        if self._restore_signals is not None:
+            self._restore_signals()
+            self._restore_signals = None
 
     def __enter__(self) -> RewardServerProcess:
-        return self.start()
+        """Starts the child unless start() already did; either way `with` stops it."""
+        return self if self.running else self.start()
 
     def __exit__(
         self,
@@ -105,3 +200,14 @@ class RewardServerProcess:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    """Signal the child's whole session (it leads its process group), or the child alone."""
+    try:
+        if hasattr(os, "killpg"):
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+    except ProcessLookupError:
+        pass
