@@ -6,10 +6,10 @@ Key names follow trl's DDPOConfig where one exists, so trl users feel at home.
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 

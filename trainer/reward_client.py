@@ -760,7 +760,7 @@ class RewardClient:
             left = ep.outage_budget_s - down_s - (time.monotonic() - outage.since)
             if not outage.back.is_set():
                 await asyncio.wait_for(outage.back.wait(), timeout=max(left, 0.0))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             down = time.monotonic() - outage.since
             earlier = f", after {down_s:.0f}s down earlier" if down_s else ""
             raise RewardError(
