@@ -1,8 +1,8 @@
 import numpy as np
 
 from tests.test_ppo import _config
+from trainer.advantages import advantages
 from trainer.stat_tracker import PerPromptStatTracker
-from trainer.train import advantages
 
 
 def test_dropped_samples_get_zero_advantage_and_do_not_touch_stats():

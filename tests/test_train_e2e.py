@@ -175,3 +175,35 @@ def test_full_fine_tuning_in_bf16_resumes(tmp_path, server, tiny_sd):
         not torch.equal(a, b) for a, b in zip(unet.parameters(), base.parameters(), strict=True)
     )
     assert changed, "full fine-tuning left the UNet unchanged"
+
+
+def test_groups_kl_and_ema_train_and_resume_exactly(tmp_path, server, tiny_sd):
+    """GRPO-style options together: group advantages, KL to the base model, EMA weights."""
+    opts = [
+        "--set",
+        "sample_group_size=4",
+        "--set",
+        "train_kl_coef=0.05",
+        "--set",
+        "ema_decay=0.5",
+        "--set",
+        "train_learning_rate=3e-3",
+    ]
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    cfg_a = write_config(a, tiny_sd, server.url)
+    cfg_b = write_config(b, tiny_sd, server.url)
+    ddpo("train", "--config", str(cfg_a), "--set", "num_epochs=2", *opts)
+    ddpo("train", "--config", str(cfg_b), "--set", "num_epochs=1", *opts)
+    ddpo("train", "--config", str(cfg_b), "--set", "num_epochs=2", "--resume", *opts)
+    records = read_metrics(a / "out")
+    assert records[0]["kl_to_reference"] >= 0 and records[1]["kl_to_reference"] > 0
+    for name in ("trainable.safetensors", "ema.safetensors"):
+        wa = load_file(str(a / "out/checkpoints/epoch_0002" / name))
+        wb = load_file(str(b / "out/checkpoints/epoch_0002" / name))
+        for k in wa:
+            torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+    live = load_file(str(a / "out/checkpoints/epoch_0002/trainable.safetensors"))
+    ema = load_file(str(a / "out/checkpoints/epoch_0002/ema.safetensors"))
+    assert any(not torch.equal(live[k], ema[k]) for k in live)  # the average lags the weights

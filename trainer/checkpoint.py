@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from trainer.ema import EMA
 from trainer.lora import save_lora
 from trainer.rng_state import RngState, capture_rng_state, restore_rng_state
 
@@ -20,6 +22,7 @@ log = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.json"
 TRAINABLE_FILE = "trainable.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
+EMA_FILE = "ema.safetensors"
 
 
 @dataclass
@@ -45,11 +48,13 @@ def save_checkpoint(
     keep: int,
     scaler: torch.amp.GradScaler | None = None,
     rng_states: list[RngState] | None = None,
+    ema: EMA | None = None,
 ) -> Path:
     """Write checkpoints/epoch_NNNN/ atomically (tmp dir then rename) and prune old ones.
 
     `rng_states` holds every rank's generators (default: this process's alone);
-    `scaler` is fp16's loss scaler, whose scale a resume must not reset.
+    `scaler` is fp16's loss scaler, whose scale a resume must not reset. With
+    `ema` the user-facing weights (lora/ or unet/) are the moving average.
     """
     root = directory / "checkpoints"
     final = root / f"epoch_{state.epoch:04d}"
@@ -66,10 +71,13 @@ def save_checkpoint(
         tmp / OPTIMIZER_FILE,
     )
     (tmp / STATE_FILE).write_text(json.dumps(state.__dict__, indent=1))
-    if state.use_lora:
-        save_lora(pipeline_cls, unet, tmp / "lora")
-    else:
-        unet.save_pretrained(tmp / "unet", safe_serialization=True)
+    if ema is not None:
+        save_file(ema.state_dict(), str(tmp / EMA_FILE))
+    with ema.swapped_in() if ema is not None else contextlib.nullcontext():
+        if state.use_lora:
+            save_lora(pipeline_cls, unet, tmp / "lora")
+        else:
+            unet.save_pretrained(tmp / "unet", safe_serialization=True)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     for old in sorted(root.glob("epoch_*"))[:-keep]:
@@ -90,6 +98,7 @@ def load_checkpoint(
     scaler: torch.amp.GradScaler | None = None,
     rank: int = 0,
     world_size: int = 1,
+    ema: EMA | None = None,
 ) -> ResumeState:
     """Restore trainable weights, optimizer, loss scaler and this rank's RNG.
 
@@ -113,6 +122,10 @@ def load_checkpoint(
     optimizer.load_state_dict(blob["optimizer"])
     _restore_rng(blob, rank, world_size, path)
     _restore_scaler(blob.get("scaler"), scaler, path)
+    if ema is not None:
+        if not (path / EMA_FILE).is_file():
+            raise ValueError(f"checkpoint {path} has no {EMA_FILE}: it was made without ema_decay")
+        ema.load_state_dict(load_file(str(path / EMA_FILE)))
     data = json.loads((path / STATE_FILE).read_text())
     return ResumeState(**data)
 

@@ -151,6 +151,18 @@ class TrainConfig(BaseModel):
     sample_num_batches_per_epoch: int = Field(
         2, ge=1, description="Sampling batches per epoch, per process."
     )
+    sample_group_size: int = Field(
+        1,
+        ge=1,
+        description="k > 1: every prompt of an epoch is sampled k times (other seeds) and "
+        "advantages are group-relative (GRPO); k must divide the samples per epoch over all "
+        "processes. 1: prompts drawn independently, advantages from per_prompt_stat_tracking.",
+    )
+    group_advantage_std: Literal["group", "batch"] = Field(
+        "group",
+        description="With sample_group_size > 1: divide by each group's reward std, or by one "
+        "std over the whole batch (keeps groups of near-equal rewards from being blown up).",
+    )
 
     # training
     train_batch_size: int = Field(
@@ -197,6 +209,25 @@ class TrainConfig(BaseModel):
         True,
         description="Use classifier-free guidance when re-computing log-probs in training "
         "(must match sampling: false needs sample_guidance_scale = 1).",
+    )
+    train_kl_coef: float = Field(
+        0.0,
+        ge=0,
+        description="Weight (beta) of the KL to the reference model per trained step, closed "
+        "form ||mu - mu_ref||^2 / (2 sigma^2); the reference is the base UNet with LoRA "
+        "disabled, or a frozen copy with full fine-tuning. 0: off (no extra forward pass).",
+    )
+    train_kl_reference_on_cpu: bool = Field(
+        False,
+        description="Full fine-tuning with train_kl_coef > 0: keep the frozen reference UNet "
+        "on the CPU (saves device memory, slower).",
+    )
+    ema_decay: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Keep an exponential moving average of the trained weights (e.g. 0.95) "
+        "and save it as the final weights; sampling stays on the live weights. None: off.",
     )
     train_recompute_old_log_probs: Literal["auto", "always", "never"] = Field(
         "auto",

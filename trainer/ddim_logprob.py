@@ -46,21 +46,17 @@ def _split_prediction(
     return x0, eps
 
 
-def ddim_step_with_logprob(
+def ddim_step_mean_std(
     scheduler: DDIMScheduler,
     model_output: torch.Tensor,
     timestep: int | torch.Tensor,
     sample: torch.Tensor,
     eta: float = 1.0,
-    generator: torch.Generator | list[torch.Generator] | None = None,
-    prev_sample: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Take one DDIM step x_t -> x_{t-1} and return `(prev_sample, log_prob)`.
+    """Mean and std of the Gaussian of one DDIM step x_t -> x_{t-1}.
 
-    With `prev_sample` given, no noise is drawn: the log-density of that given
-    transition is returned, which is how PPO re-evaluates stored trajectories.
-    `timestep` may be a scalar or one timestep per sample. `log_prob` has shape
-    (batch,) and is the mean over latent dimensions of the Gaussian log-density.
+    The std depends on the timestep alone, so two models' step distributions
+    differ only in the mean: the KL to a reference needs nothing more.
     """
     if eta <= 0:
         raise ValueError(
@@ -102,13 +98,36 @@ def ddim_step_with_logprob(
         )
     direction = (1 - alpha_prod_prev - std**2).clamp(min=0).sqrt() * eps
     mean = alpha_prod_prev.sqrt() * x0 + direction
+    return mean, std
 
+
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Per-sample log-density of `x`, averaged over latent dimensions (DDPO's convention)."""
+    log_prob = -((x.detach() - mean) ** 2) / (2 * std**2) - torch.log(std) - _LOG_SQRT_2PI
+    return log_prob.mean(dim=tuple(range(1, log_prob.ndim)))
+
+
+def ddim_step_with_logprob(
+    scheduler: DDIMScheduler,
+    model_output: torch.Tensor,
+    timestep: int | torch.Tensor,
+    sample: torch.Tensor,
+    eta: float = 1.0,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    prev_sample: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Take one DDIM step x_t -> x_{t-1} and return `(prev_sample, log_prob)`.
+
+    With `prev_sample` given, no noise is drawn: the log-density of that given
+    transition is returned, which is how PPO re-evaluates stored trajectories.
+    `timestep` may be a scalar or one timestep per sample. `log_prob` has shape
+    (batch,) and is the mean over latent dimensions of the Gaussian log-density.
+    """
+    mean, std = ddim_step_mean_std(scheduler, model_output, timestep, sample, eta)
     if prev_sample is None:
         noise = _randn_like(model_output, generator)
         prev_sample = mean + std * noise
-
-    log_prob = -((prev_sample.detach() - mean) ** 2) / (2 * std**2) - torch.log(std) - _LOG_SQRT_2PI
-    log_prob = log_prob.mean(dim=tuple(range(1, log_prob.ndim)))
+    log_prob = gaussian_log_prob(prev_sample, mean, std)
     return prev_sample.type(sample.dtype), log_prob
 
 

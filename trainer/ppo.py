@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -10,8 +11,10 @@ import torch
 from tqdm.auto import tqdm
 
 from trainer.config import TrainConfig
-from trainer.ddim_logprob import ddim_step_with_logprob
+from trainer.ddim_logprob import ddim_step_mean_std, gaussian_log_prob
+from trainer.ema import EMA
 from trainer.families.base import DiffusionFamily, PromptEmbeds, expand_embeds
+from trainer.kl import ReferenceModel, gaussian_kl_same_std
 from trainer.sampling import Trajectories
 
 
@@ -44,6 +47,48 @@ def ppo_loss(
     return PPOStats(loss, approx_kl, clipfrac, ratio.detach().mean(), log_ratio.abs().max())
 
 
+@dataclass
+class StepDistribution:
+    """The Gaussian of stored steps under some weights, and the latents it must explain."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    next_latents: torch.Tensor
+
+    def log_prob(self) -> torch.Tensor:
+        return gaussian_log_prob(self.next_latents, self.mean, self.std)
+
+
+def step_distribution(
+    family: DiffusionFamily,
+    unet: torch.nn.Module,
+    batch: Trajectories,
+    step_index: torch.Tensor,
+    uncond: PromptEmbeds | None,
+    guidance_scale: float,
+    eta: float,
+    rows: torch.Tensor | None = None,
+) -> StepDistribution:
+    """Step Gaussians of stored steps (row `rows[i]`, step `step_index[i]`) under `unet`.
+
+    `rows` defaults to one step per sample; passing rows repeated lets several
+    timesteps of the same samples go through the UNet in one batched pass.
+    """
+    if rows is None:
+        rows = torch.arange(len(batch), device=step_index.device)
+    latents = batch.latents[rows, step_index]
+    timesteps = batch.timesteps[rows, step_index]
+    cond = {k: v[rows] for k, v in batch.embeds.items()}
+    if uncond is not None:
+        uncond = expand_embeds(uncond, len(rows))
+    out = family.predict(
+        unet, family.model_input(latents, timesteps), timesteps, cond, uncond, guidance_scale
+    )
+    scheduler = family.pipeline.scheduler
+    mean, std = ddim_step_mean_std(scheduler, out.float(), timesteps, latents, eta=eta)
+    return StepDistribution(mean, std, batch.latents[rows, step_index + 1])
+
+
 def recompute_log_prob(
     family: DiffusionFamily,
     unet: torch.nn.Module,
@@ -54,37 +99,11 @@ def recompute_log_prob(
     eta: float,
     rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Log-prob under the current weights of stored steps (row `rows[i]`, step `step_index[i]`).
-
-    `rows` defaults to one step per sample; passing rows repeated lets several
-    timesteps of the same samples go through the UNet in one batched pass.
-    """
-    if rows is None:
-        rows = torch.arange(len(batch), device=step_index.device)
-    latents = batch.latents[rows, step_index]
-    next_latents = batch.latents[rows, step_index + 1]
-    timesteps = batch.timesteps[rows, step_index]
-    cond = {k: v[rows] for k, v in batch.embeds.items()}
-    if uncond is not None:
-        uncond = expand_embeds(uncond, len(rows))
-    scheduler = family.pipeline.scheduler
-    out = family.predict(
-        unet,
-        family.model_input(latents, timesteps),
-        timesteps,
-        cond,
-        uncond,
-        guidance_scale,
+    """Log-prob under the current weights of stored steps (see `step_distribution`)."""
+    dist = step_distribution(
+        family, unet, batch, step_index, uncond, guidance_scale, eta, rows=rows
     )
-    _, log_prob = ddim_step_with_logprob(
-        scheduler,
-        out.float(),
-        timesteps,
-        latents,
-        eta=eta,
-        prev_sample=next_latents,
-    )
-    return log_prob
+    return dist.log_prob()
 
 
 def trained_steps_per_sample(cfg: TrainConfig) -> int:
@@ -184,8 +203,14 @@ def ppo_update(
     cfg: TrainConfig,
     generator: torch.Generator,
     uncond: PromptEmbeds | None,
+    *,
+    reference: ReferenceModel | None = None,
+    ema: EMA | None = None,
 ) -> dict[str, float]:
     """Inner epochs of PPO over this process's samples; returns averaged stats.
+
+    `trajs` must have been sampled with the current weights: old log-probs may be
+    recomputed from them (`train_recompute_old_log_probs`).
 
     Kept timesteps go through the UNet `train_timesteps_per_pass` at a time;
     each pass's loss is weighted so that the accumulated gradient equals DDPO's
@@ -195,6 +220,8 @@ def ppo_update(
     `log_ratio_abs_max` is the largest |log ratio| seen (0 before any update
     means the ratio is exactly what PPO assumes); `old_log_prob_drift` is how far
     the sampling-time log-probs were from those at the training batch shape.
+    With `reference` and `train_kl_coef` > 0 the loss adds beta x the KL to the
+    reference (`kl_to_reference`); `ema` is updated after every optimizer step.
     """
     scheduler = family.pipeline.scheduler
     scheduler.set_timesteps(cfg.sample_num_steps, device=family.device)
@@ -232,7 +259,12 @@ def ppo_update(
             for p in train_batch:
                 m = len(p.cols) // len(p.idx)
                 with accelerator.accumulate(unet), accelerator.autocast():
-                    log_prob = recompute_log_prob(
+                    ref_mean = None
+                    if reference is not None and cfg.train_kl_coef > 0:
+                        ref_mean = reference_step_mean(
+                            family, reference, batch, p, cfg, train_uncond
+                        )
+                    dist = step_distribution(
                         family,
                         unet,
                         batch,
@@ -243,19 +275,26 @@ def ppo_update(
                         rows=p.rows,
                     )
                     stats = ppo_loss(
-                        log_prob,
+                        dist.log_prob(),
                         batch_old[p.rows, p.cols],
                         batch_adv[p.rows],
                         cfg.train_clip_range,
                         cfg.train_adv_clip_max,
                     )
+                    loss = stats.loss
+                    if ref_mean is not None:
+                        kl = gaussian_kl_same_std(dist.mean, ref_mean, dist.std).mean()
+                        loss = loss + cfg.train_kl_coef * kl
+                        totals["kl_to_reference"].append(kl.detach())
                     # accelerate divides by the number of passes; m / kept * passes
                     # turns that into DDPO's mean over kept timesteps.
-                    accelerator.backward(stats.loss * (m * passes / kept))
+                    accelerator.backward(loss * (m * passes / kept))
                     if accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(unet.parameters(), cfg.train_max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
+                    if ema is not None and accelerator.sync_gradients:
+                        ema.update()
                 for key in ("loss", "approx_kl", "clipfrac", "ratio_mean", "log_ratio_abs_max"):
                     totals[key].append(getattr(stats, key).detach())
                 bar.update(m)
@@ -266,6 +305,37 @@ def ppo_update(
     if drift is not None:
         out["old_log_prob_drift"] = drift
     return out
+
+
+@torch.no_grad()
+def reference_step_mean(
+    family: DiffusionFamily,
+    reference: ReferenceModel,
+    batch: Trajectories,
+    p: TrainPass,
+    cfg: TrainConfig,
+    uncond: PromptEmbeds | None,
+) -> torch.Tensor:
+    """The reference model's step means for the entries of pass `p`, on the family's device."""
+    device = reference.device
+    if device != family.device:  # a frozen copy kept on the CPU
+        batch = batch.to(device)
+        uncond = {k: v.to(device) for k, v in uncond.items()} if uncond is not None else None
+        p = TrainPass(p.idx.to(device), p.rows.to(device), p.cols.to(device))
+    on_cpu = device.type == "cpu" and family.dtype != torch.float32
+    autocast = torch.autocast("cpu", dtype=family.dtype) if on_cpu else contextlib.nullcontext()
+    with reference.model() as ref_unet, autocast:
+        dist = step_distribution(
+            family,
+            ref_unet,
+            batch,
+            p.cols,
+            uncond,
+            cfg.sample_guidance_scale,
+            cfg.sample_eta,
+            rows=p.rows,
+        )
+    return dist.mean.to(family.device)
 
 
 def _old_log_probs(

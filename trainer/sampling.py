@@ -44,6 +44,18 @@ class Trajectories:
             images=np.concatenate([p.images for p in parts]),
         )
 
+    def to(self, device: torch.device | str) -> Trajectories:
+        """The tensors PPO reads, on `device` (prompts and images stay as they are)."""
+        return Trajectories(
+            prompts=self.prompts,
+            prompt_ids=self.prompt_ids,
+            embeds={k: v.to(device) for k, v in self.embeds.items()},
+            latents=self.latents.to(device),
+            log_probs=self.log_probs.to(device),
+            timesteps=self.timesteps.to(device),
+            images=self.images,
+        )
+
     def select(self, index: torch.Tensor) -> Trajectories:
         idx = index.tolist()
         return Trajectories(

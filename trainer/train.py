@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
+from trainer.advantages import advantages
 from trainer.checkpoint import (
     ResumeState,
     latest_checkpoint,
@@ -21,21 +23,24 @@ from trainer.checkpoint import (
     save_checkpoint,
 )
 from trainer.config import TrainConfig
+from trainer.ema import EMA
 from trainer.families import DiffusionFamily, load_family
 from trainer.families.base import PromptEmbeds
+from trainer.kl import ReferenceModel
 from trainer.lora import add_lora, save_lora
 from trainer.ppo import num_passes, ppo_update
+from trainer.prompt_schedule import batch_prompt_ids, check_group_layout, group_ids
 from trainer.reward_client import RewardClient, RewardResult, gather_results
 from trainer.rng_state import gather_rng_states
 from trainer.run_log import RunLog
 from trainer.sampling import Trajectories, sample_seed, sample_trajectories
-from trainer.stat_tracker import PerPromptStatTracker, normalize_global
+from trainer.stat_tracker import PerPromptStatTracker
 
 log = logging.getLogger(__name__)
 
 _DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 #: PPO statistics averaged over ranks, and those whose largest value over ranks is logged.
-_MEAN_STATS = ("loss", "approx_kl", "clipfrac", "ratio_mean")
+_MEAN_STATS = ("loss", "approx_kl", "clipfrac", "ratio_mean", "kl_to_reference")
 _MAX_STATS = ("log_ratio_abs_max", "old_log_prob_drift")
 
 
@@ -61,6 +66,8 @@ class Run:
     resolution: int
     uncond: PromptEmbeds
     output_dir: Path
+    reference: ReferenceModel | None = None  # with train_kl_coef > 0
+    ema: EMA | None = None  # with ema_decay
 
     @property
     def rank(self) -> int:
@@ -103,32 +110,6 @@ def prepare_trainable_unet(
     return unet
 
 
-def _pick_prompts(
-    cfg: TrainConfig, prompts: list[str], epoch: int, rank: int, batch: int
-) -> list[int]:
-    rng = np.random.default_rng([cfg.seed, epoch, rank, batch, 7])
-    return rng.integers(0, len(prompts), size=cfg.sample_batch_size).tolist()
-
-
-def advantages(
-    cfg: TrainConfig, tracker: PerPromptStatTracker, prompts: list[str], rewards: np.ndarray
-) -> np.ndarray:
-    """Normalised advantages; samples without a reward (NaN: dropped) get 0.
-
-    Dropped samples stay in the PPO batch with zero advantage, so they exert no
-    gradient while every rank keeps the same number of train batches (DDP needs that).
-    """
-    adv = np.zeros(len(rewards), dtype=np.float32)
-    ok = np.isfinite(rewards)
-    if not ok.any():
-        return adv
-    if cfg.per_prompt_stat_tracking:
-        adv[ok] = tracker.update([p for p, k in zip(prompts, ok, strict=True) if k], rewards[ok])
-    else:
-        adv[ok] = normalize_global(rewards[ok])
-    return adv
-
-
 def optimizer_steps_per_epoch(cfg: TrainConfig) -> int:
     """Optimizer steps in one epoch (the config guarantees accumulation divides the batches)."""
     samples = cfg.sample_batch_size * cfg.sample_num_batches_per_epoch
@@ -148,7 +129,7 @@ def sample_epoch(run: Run, epoch: int) -> tuple[Trajectories, list]:
         leave=False,
         disable=not acc.is_local_main_process,
     ):
-        ids = _pick_prompts(cfg, run.prompts, epoch, run.rank, b)
+        ids = batch_prompt_ids(cfg, len(run.prompts), epoch, run.rank, acc.num_processes, b)
         seeds = [sample_seed(cfg.seed, epoch, run.rank, b, i) for i in range(len(ids))]
         with acc.autocast():
             traj = sample_trajectories(
@@ -176,7 +157,8 @@ def epoch_advantages(
     acc = run.accelerator
     all_rewards = acc.gather(torch.as_tensor(rewards.rewards, device=acc.device)).cpu().numpy()
     all_ids = acc.gather(trajs.prompt_ids.to(acc.device)).cpu().numpy()
-    adv = advantages(run.cfg, run.tracker, [run.prompts[i] for i in all_ids], all_rewards)
+    groups = group_ids(run.cfg, 0, len(all_rewards))
+    adv = advantages(run.cfg, run.tracker, [run.prompts[i] for i in all_ids], all_rewards, groups)
     adv_local = torch.as_tensor(adv, dtype=torch.float32).reshape(acc.num_processes, -1)[run.rank]
     counts = torch.tensor(
         [rewards.num_rated, rewards.num_dropped, rewards.num_filled], device=acc.device
@@ -203,7 +185,17 @@ def update(run: Run, epoch: int, trajs: Trajectories, adv: torch.Tensor) -> dict
     """PPO on this rank's samples; statistics averaged (or maxed) over all ranks."""
     gen = torch.Generator().manual_seed(sample_seed(run.cfg.seed, epoch, run.rank, 2**31, 0))
     stats = ppo_update(
-        run.accelerator, run.family, run.unet, run.optimizer, trajs, adv, run.cfg, gen, run.uncond
+        run.accelerator,
+        run.family,
+        run.unet,
+        run.optimizer,
+        trajs,
+        adv,
+        run.cfg,
+        gen,
+        run.uncond,
+        reference=run.reference,
+        ema=run.ema,
     )
     return global_stats(run.accelerator, stats)
 
@@ -236,6 +228,7 @@ def save_epoch_checkpoint(run: Run, epoch: int, global_step: int) -> None:
             optimizer=run.optimizer.optimizer,
             scaler=acc.scaler,
             rng_states=rng_states,
+            ema=run.ema,
             state=ResumeState(
                 epoch=epoch + 1,
                 global_step=global_step,
@@ -260,6 +253,7 @@ def resume_from_checkpoint(run: Run) -> ResumeState:
         scaler=acc.scaler,
         rank=run.rank,
         world_size=acc.num_processes,
+        ema=run.ema,
     )
     run.tracker.load_state_dict(state.stat_tracker)
     if acc.is_main_process:
@@ -268,13 +262,15 @@ def resume_from_checkpoint(run: Run) -> ResumeState:
 
 
 def save_final_weights(run: Run) -> Path | None:
+    """The trained weights in diffusers format; the moving average of them with ema_decay."""
     if not run.accelerator.is_main_process:
         return None
     unet = run.accelerator.unwrap_model(run.unet)
-    if run.cfg.use_lora:
-        return save_lora(type(run.family.pipeline), unet, run.output_dir / "lora")
-    final = run.output_dir / "unet"
-    unet.save_pretrained(final, safe_serialization=True)
+    with run.ema.swapped_in() if run.ema is not None else contextlib.nullcontext():
+        if run.cfg.use_lora:
+            return save_lora(type(run.family.pipeline), unet, run.output_dir / "lora")
+        final = run.output_dir / "unet"
+        unet.save_pretrained(final, safe_serialization=True)
     return final
 
 
@@ -287,8 +283,14 @@ def setup_run(cfg: TrainConfig, accelerator: Accelerator, client: RewardClient) 
         _DTYPES[cfg.mixed_precision],
     )
     resolution = cfg.resolution or family.default_resolution
+    check_group_layout(cfg, accelerator.num_processes)
     unet = prepare_trainable_unet(cfg, family, accelerator)
-    optimizer = _build_optimizer(cfg, [p for p in unet.parameters() if p.requires_grad])
+    trainable = [(n, p) for n, p in unet.named_parameters() if p.requires_grad]
+    optimizer = _build_optimizer(cfg, [p for _, p in trainable])
+    reference = None
+    if cfg.train_kl_coef > 0:  # before any update (and before a resume loads weights)
+        reference = ReferenceModel(unet, cfg.use_lora, keep_on_cpu=cfg.train_kl_reference_on_cpu)
+    ema = EMA(trainable, cfg.ema_decay) if cfg.ema_decay is not None else None
     unet, optimizer = accelerator.prepare(unet, optimizer)
     return Run(
         cfg=cfg,
@@ -304,6 +306,8 @@ def setup_run(cfg: TrainConfig, accelerator: Accelerator, client: RewardClient) 
         resolution=resolution,
         uncond=family.encode_unconditional(resolution),
         output_dir=Path(cfg.output_dir),
+        reference=reference,
+        ema=ema,
     )
 
 
