@@ -25,9 +25,9 @@ from reward_server.app import create_app
 from reward_server.scorers.human import HumanScorer
 from reward_server.settings import ServerSettings
 from reward_server.storage import RatingStore
-from reward_server.testing import RecordingScorer
 from shared.images import encode_png
 from shared.protocol import JobAccepted, JobStatus
+from tests.helpers.recording_scorer import RecordingScorer
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "api-key"

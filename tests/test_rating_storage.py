@@ -7,10 +7,10 @@ import math
 import pytest
 import sqlalchemy as sa
 
+from reward_server.bradley_terry import bradley_terry
 from reward_server.storage import NewItem, QueueError, RatingStore
 from reward_server.storage.db import alembic_config
 from reward_server.storage.models import Base
-from reward_server.storage.repository import bradley_terry
 
 
 class Clock:

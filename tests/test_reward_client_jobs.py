@@ -20,7 +20,7 @@ from reward_server.app import create_app
 from reward_server.scorers.human import HumanScorer
 from reward_server.settings import ServerSettings
 from reward_server.storage import RatingStore
-from reward_server.testing import RecordingScorer
+from tests.helpers.recording_scorer import RecordingScorer
 from trainer.config import RewardEndpoint
 from trainer.reward_client import RewardClient, RewardError, RewardServerUnavailable
 

@@ -1,6 +1,6 @@
 """Reward heads: the on-disk format, fitting on scripted ratings, and the hot-reloading scorer.
 
-Ratings come from raters scripted in reward_server.testing.rate_shapes (they
+Ratings come from raters scripted in tests.helpers.shape_ratings.rate_shapes (they
 like red shapes), stored through RatingStore's real API; embeddings come from
 a tiny random CLIP built here. Thresholds were measured over rating seeds 0-9
 (figures in docs/rlhf.md) and set with a margin below the worst; the tests
@@ -22,17 +22,13 @@ import pytest
 import torch
 from PIL import Image
 
-from reward_server import reward_head as rh
+from reward_server import head_store as rh
 from reward_server.clip_embedding import ClipEmbedder
-from reward_server.fit_reward import (
-    FitError,
-    FitOptions,
-    fit_reward_head,
-    gather_ratings,
-    pearson,
-    spearman,
-)
-from reward_server.reward_head import (
+from reward_server.fitting.metrics import pearson, spearman
+from reward_server.fitting.options import FitOptions
+from reward_server.fitting.pipeline import fit_reward_head
+from reward_server.fitting.ratings import FitError, gather_ratings
+from reward_server.head_store import (
     HeadDescription,
     HeadMetrics,
     RewardHead,
@@ -47,8 +43,9 @@ from reward_server.scorers.base import ScorerNotReady
 from reward_server.scorers.reward_head import RewardHeadScorer
 from reward_server.settings import ServerSettings
 from reward_server.storage import RatingStore
-from reward_server.testing import rate_shapes, write_tiny_clip
 from shared.shapes import BACKGROUNDS, COLOURS, SHAPES, draw
+from tests.helpers.shape_ratings import rate_shapes
+from tests.helpers.tiny_clip import write_tiny_clip
 
 # -- fixtures ------------------------------------------------------------------------
 
@@ -388,7 +385,7 @@ def test_embedder_is_loaded_only_after_the_ratings_check(tmp_path: Path) -> None
 def test_identical_images_are_one_image(embedder: ClipEmbedder, tmp_path: Path) -> None:
     """Items whose PNGs are equal (the same image queued twice) share one embedding row,
     so they cannot land on both sides of the held-out split."""
-    from reward_server.fit_reward import embed_items
+    from reward_server.fitting.embedding import embed_items
     from shared.images import png_bytes
 
     rng = np.random.default_rng(0)

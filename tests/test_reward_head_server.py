@@ -17,14 +17,16 @@ from PIL import Image
 from reward_server.app import create_app
 from reward_server.batching import DynamicBatcher
 from reward_server.clip_embedding import ClipEmbedder
-from reward_server.fit_reward import FitOptions, fit_reward_head
+from reward_server.fitting.options import FitOptions
+from reward_server.fitting.pipeline import fit_reward_head
 from reward_server.scorers.base import Scorer, ScorerNotReady
 from reward_server.settings import ServerSettings
 from reward_server.storage import RatingStore
-from reward_server.testing import rate_shapes, write_tiny_clip
 from shared.images import encode_png
 from shared.protocol import Problem, ScoreResponse, ScorerList
 from shared.shapes import draw
+from tests.helpers.shape_ratings import rate_shapes
+from tests.helpers.tiny_clip import write_tiny_clip
 
 NOT_READY = "urn:ddpo:problem:not-ready"
 

@@ -18,7 +18,7 @@ from reward_server.scorers.aesthetic import (
 )
 from reward_server.scorers.base import ScorerUnavailable
 from reward_server.settings import ServerSettings
-from reward_server.testing import write_tiny_aesthetic_weights
+from tests.helpers.tiny_clip import write_tiny_aesthetic_weights
 
 
 @pytest.fixture(scope="module")

@@ -21,9 +21,9 @@ from reward_server.scorers.base import Scorer, ScorerUnavailable
 from reward_server.scorers.jpeg import JpegCompressibility
 from reward_server.scorers.registry import ScorerRegistry
 from reward_server.settings import ServerSettings
-from reward_server.testing import RecordingScorer
 from shared.images import encode_png
 from shared.protocol import Health, Problem, ScoreResponse, ScorerList
+from tests.helpers.recording_scorer import RecordingScorer
 
 KEY = "test-key"
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from reward_server.batching import BatcherClosed, DynamicBatcher, ScorerFailed
 from reward_server.scorers.base import Scorer
-from reward_server.testing import RecordingScorer
+from tests.helpers.recording_scorer import RecordingScorer
 
 
 def _imgs(*reds: int) -> list[Image.Image]:

@@ -57,7 +57,14 @@ def test_no_source_file_names_them() -> None:
 #: Server modules the trainer side runs (`ddpo fit-reward`): the trainer image has no web stack.
 TRAINER_SIDE = (
     "reward_server/clip_embedding.py",
-    "reward_server/reward_head.py",
+    "reward_server/head_store.py",
+    "reward_server/fitting/options.py",
+    "reward_server/fitting/ratings.py",
+    "reward_server/fitting/embedding.py",
+    "reward_server/fitting/metrics.py",
+    "reward_server/fitting/training.py",
+    "reward_server/fitting/modes.py",
+    "reward_server/fitting/pipeline.py",
     "reward_server/fit_reward.py",
 )
 WEB_STACK = ("fastapi", "starlette", "uvicorn")

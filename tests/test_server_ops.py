@@ -22,8 +22,8 @@ from reward_server.app import create_app
 from reward_server.observability import JsonFormatter, configure_logging, request_id_var
 from reward_server.serve import uvicorn_options
 from reward_server.settings import ServerSettings
-from reward_server.testing import RecordingScorer
 from shared.images import encode_png
+from tests.helpers.recording_scorer import RecordingScorer
 
 
 def _item(i: int) -> dict[str, Any]:

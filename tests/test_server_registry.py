@@ -17,7 +17,7 @@ from reward_server.scorers.registry import (
     module_factory,
 )
 from reward_server.settings import ServerSettings
-from reward_server.testing import RecordingScorer
+from tests.helpers.recording_scorer import RecordingScorer
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """`reward_head`: the reward people taught, served from `ddpo fit-reward`'s latest head.
 
-Scores = the head (reward_head.RewardHead) on normalised CLIP image embeddings,
+Scores = the head (head_store.RewardHead) on normalised CLIP image embeddings,
 mapped back to the 1-10 rating scale for heads fitted on scores (Bradley-Terry
 log-strength for heads fitted on A/B choices). The scorer follows
 `reward_head_dir/LATEST`: before a batch it looks at that one-line file (at
@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from reward_server.clip_embedding import ClipEmbedder, resolve_clip_spec
-from reward_server.reward_head import (
+from reward_server.head_store import (
     VERSIONS_DIR,
     RewardHead,
     RewardHeadError,

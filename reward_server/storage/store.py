@@ -17,8 +17,10 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from reward_server.storage import repository as repo
+from reward_server.storage import export, jobs, queue, raters, stats
 from reward_server.storage.db import create_db_engine, migrate, take_write_lock
+from reward_server.storage.errors import QueueError
+from reward_server.storage.records import JobView, Mode, NewItem, TaskView
 
 
 class RatingStore:
@@ -64,6 +66,11 @@ class RatingStore:
             take_write_lock(session.connection())
             yield session
 
+    @property
+    def closed(self) -> bool:
+        """True once `close` ran: the engine is disposed and the store must not be used."""
+        return self._closed
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
@@ -74,17 +81,17 @@ class RatingStore:
     def add_rater(self, name: str) -> tuple[int, str]:
         """Create a rater; returns its id and the plaintext token (shown once)."""
         with self.writing() as s:
-            rater, token = repo.add_rater(s, name, self.clock())
+            rater, token = raters.add_rater(s, name, self.clock())
             return rater.id, token
 
     def find_rater(self, token: str) -> tuple[int, str] | None:
         with self.reading() as s:
-            rater = repo.find_rater(s, token)
+            rater = raters.find_rater(s, token)
             return (rater.id, rater.name) if rater is not None else None
 
     def revoke_rater(self, name: str) -> bool:
         with self.writing() as s:
-            return repo.revoke_rater(s, name, self.clock())
+            return raters.revoke_rater(s, name, self.clock())
 
     def list_raters(self) -> list[dict[str, Any]]:
         with self.reading() as s:
@@ -95,7 +102,7 @@ class RatingStore:
                     "created_at": r.created_at,
                     "revoked": bool(r.revoked_at),
                 }
-                for r in repo.list_raters(s)
+                for r in raters.list_raters(s)
             ]
 
     # -- jobs --------------------------------------------------------------------------
@@ -103,72 +110,70 @@ class RatingStore:
     def create_job(
         self,
         scorer: str,
-        mode: repo.Mode,
+        mode: Mode,
         ratings_per_item: int,
-        items: Sequence[repo.NewItem],
+        items: Sequence[NewItem],
         deadline_s: float,
     ) -> tuple[str, float]:
         """Queue a job; returns its id and deadline (Unix seconds)."""
         now = self.clock()
         with self.writing() as s:
-            job = repo.create_job(s, scorer, mode, ratings_per_item, items, now, now + deadline_s)
+            job = jobs.create_job(s, scorer, mode, ratings_per_item, items, now, now + deadline_s)
             return job.id, job.deadline
 
-    def job_view(self, job_id: str) -> repo.JobView | None:
+    def job_view(self, job_id: str) -> JobView | None:
         with self.reading() as s:
-            return repo.job_view(s, job_id, self.clock())
+            return jobs.job_view(s, job_id, self.clock())
 
     def cancel_job(self, job_id: str) -> bool:
         with self.writing() as s:
-            return repo.cancel_job(s, job_id, self.clock())
+            return jobs.cancel_job(s, job_id, self.clock())
 
     # -- rating ------------------------------------------------------------------------
 
-    def claim(
-        self, rater_id: int, lease_s: float, mode: repo.Mode | None = None
-    ) -> repo.TaskView | None:
+    def claim(self, rater_id: int, lease_s: float, mode: Mode | None = None) -> TaskView | None:
         with self.writing() as s:
-            lease = repo.claim_task(s, rater_id, self.clock(), lease_s, mode)
-            return repo.task_view(s, lease) if lease is not None else None
+            lease = queue.claim_task(s, rater_id, self.clock(), lease_s, mode)
+            return queue.task_view(s, lease) if lease is not None else None
 
     def submit(
         self, rater_id: int, lease_token: str, score: int | None = None, choice: str | None = None
     ) -> int:
-        """Store a rating and commit; returns the rating id. Raises repo.QueueError."""
-        error: repo.QueueError | None = None
+        """Store a rating and commit; returns the rating id. Raises QueueError."""
+        error: QueueError | None = None
         with self.writing() as s:
             try:
-                rating = repo.submit_rating(s, rater_id, lease_token, self.clock(), score, choice)
+                rating = queue.submit_rating(s, rater_id, lease_token, self.clock(), score, choice)
                 return rating.id
-            except repo.QueueError as exc:
+            except QueueError as exc:
                 error = exc  # commit the lease clean-up the refusal may have made
         raise error
 
     def release(self, rater_id: int, lease_token: str) -> bool:
         with self.writing() as s:
-            return repo.release_lease(s, rater_id, lease_token)
+            return queue.release_lease(s, rater_id, lease_token)
 
     def image_for(self, rater_id: int | None, item_id: int) -> bytes | None:
         """The PNG of an item; with a rater id, only while that rater holds it."""
         with self.reading() as s:
-            if rater_id is not None and not repo.may_view_item(s, rater_id, item_id, self.clock()):
+            if rater_id is not None and not queue.may_view_item(s, rater_id, item_id, self.clock()):
                 return None
-            return repo.item_image(s, item_id)
+            return queue.item_image(s, item_id)
 
     # -- statistics --------------------------------------------------------------------
 
     def waiting(self) -> int:
         with self.reading() as s:
-            return repo.waiting_count(s, self.clock())
+            return stats.waiting_count(s, self.clock())
 
     def stats(self) -> dict[str, Any]:
         with self.reading() as s:
             return {
-                "queue": repo.queue_stats(s, self.clock()),
-                "raters": repo.rater_stats(s),
-                "agreement": repo.agreement(s),
+                "queue": stats.queue_stats(s, self.clock()),
+                "raters": stats.rater_stats(s),
+                "agreement": stats.agreement(s),
             }
 
     def export_rows(self) -> Iterator[dict[str, Any]]:
         with self.reading() as s:
-            yield from repo.iter_export_rows(s)
+            yield from export.iter_export_rows(s)

@@ -1,4 +1,6 @@
-"""A learned reward: an MLP on frozen CLIP image embeddings, and its on-disk format.
+"""The learned reward head (an MLP on frozen CLIP image embeddings) and its store on disk.
+
+The `reward_head` scorer (scorers/reward_head.py) serves what `ddpo fit-reward` saves here.
 
 Layout of a head directory (`reward_head_dir`, default data_dir/reward_head):
 
