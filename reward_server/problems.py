@@ -35,6 +35,10 @@ UNAUTHORIZED = _PREFIX + "unauthorized"
 NOT_READY = _PREFIX + "not-ready"
 SCORER_FAILED = _PREFIX + "scorer-failed"
 INTERNAL = _PREFIX + "internal"
+FORBIDDEN = _PREFIX + "forbidden"
+NOT_FOUND = _PREFIX + "not-found"
+RATINGS_DISABLED = _PREFIX + "ratings-disabled"
+RATING_REFUSED = _PREFIX + "rating-refused"
 
 
 class ProblemError(Exception):
@@ -70,6 +74,15 @@ def problem_response(
         media_type=PROBLEM_MEDIA_TYPE,
         headers=dict(headers or {}),
     )
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` saying that these statuses answer with a Problem."""
+    ref = {"$ref": "#/components/schemas/Problem"}
+    return {
+        status: {"description": "Problem details", "content": {PROBLEM_MEDIA_TYPE: {"schema": ref}}}
+        for status in statuses
+    }
 
 
 def format_loc(loc: Sequence[Any]) -> str:

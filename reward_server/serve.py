@@ -158,6 +158,7 @@ def run_server(
 
     from reward_server.app import create_app
     from reward_server.observability import configure_logging
+    from reward_server.rating_store import RatingStoreOpener
     from reward_server.scorers.registry import ScorersUnavailable, UnknownScorer, build_scorers
 
     overrides: dict[str, object] = {"host": host, "port": port}
@@ -172,11 +173,14 @@ def run_server(
         grace_s = 2 * settings.shutdown_timeout_s + 30
         watch_parent(parent_pid, grace_s, death_signal=parent_death_signal)
     bind = safe_bind_host(settings)
+    opener = RatingStoreOpener(settings)  # what it opens is handed to the app, which closes it
     try:
-        loaded = build_scorers(settings, settings.scorers)
+        loaded = build_scorers(settings, settings.scorers, open_rating_store=opener)
     except (ScorersUnavailable, UnknownScorer) as exc:
+        opener.close()
         raise SystemExit(f"error: {exc}") from None
     if not loaded:
+        opener.close()
         raise SystemExit("error: no scorer could be loaded; see the log for each reason")
-    app = create_app(settings, loaded)
+    app = create_app(settings, loaded, rating_store=opener.store)
     uvicorn.run(app, host=bind, port=settings.port, **uvicorn_options(settings, log_level))

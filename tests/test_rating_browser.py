@@ -56,7 +56,7 @@ def live(tmp_path: Path) -> Iterator[tuple[str, RatingStore]]:
         "human": HumanScorer(store, "score", 1),
         "human_pairwise": HumanScorer(store, "pair"),
     }
-    app = create_app(ServerSettings(), scorers)
+    app = create_app(ServerSettings(), scorers, rating_store=store)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))

@@ -54,7 +54,7 @@ def make_app(store: RatingStore, k: int = 1, **settings: Any) -> Any:
         "human_pairwise": HumanScorer(store, "pair", k),
         "recording": RecordingScorer(),
     }
-    return create_app(ServerSettings(api_keys=[KEY], **settings), scorers)
+    return create_app(ServerSettings(api_keys=[KEY], **settings), scorers, rating_store=store)
 
 
 @pytest.fixture

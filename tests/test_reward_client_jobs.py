@@ -29,7 +29,7 @@ from trainer.reward_client import RewardClient, RewardError, RewardServerUnavail
 def server(tmp_path: Path) -> Iterator[tuple[str, RatingStore]]:
     store = RatingStore(f"sqlite:///{tmp_path / 'r.db'}")
     scorers = {"human": HumanScorer(store, "score", 1), "recording": RecordingScorer()}
-    app = create_app(ServerSettings(job_max_wait_s=1.0), scorers)
+    app = create_app(ServerSettings(job_max_wait_s=1.0), scorers, rating_store=store)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))

@@ -340,7 +340,11 @@ class JobServer:
 
     def _app(self) -> Any:
         self.store = RatingStore(f"sqlite:///{self.db}")
-        app = create_app(ServerSettings(job_max_wait_s=0.5), {"human": HumanScorer(self.store)})
+        app = create_app(
+            ServerSettings(job_max_wait_s=0.5),
+            {"human": HumanScorer(self.store)},
+            rating_store=self.store,
+        )
 
         async def recording(scope: dict, receive: Any, send: Any) -> None:
             if scope["type"] == "http" and scope["path"].startswith("/v1/jobs"):

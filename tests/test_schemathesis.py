@@ -46,7 +46,7 @@ def fuzzed_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         "human": HumanScorer(store, "score", 1),
     }
     # Short long-polls: a generated `wait=` must not stall the run.
-    app = create_app(ServerSettings(max_items=4, job_max_wait_s=0.05), scorers)
+    app = create_app(ServerSettings(max_items=4, job_max_wait_s=0.05), scorers, rating_store=store)
     yield app
     asgi = getattr(schemathesis, "python", None)
     shutdown = getattr(getattr(asgi, "asgi", None), "shutdown_lifespans", None)

@@ -88,7 +88,9 @@ def test_split_invite() -> None:
 
 def test_rates_queued_images_through_the_api(tmp_path: Path) -> None:
     store = RatingStore(f"sqlite:///{tmp_path / 'r.db'}")
-    app = create_app(ServerSettings(), {"human": HumanScorer(store, "score", 1)})
+    app = create_app(
+        ServerSettings(), {"human": HumanScorer(store, "score", 1)}, rating_store=store
+    )
     rng = np.random.default_rng(1)
     colours = ["red", "blue", "red", "yellow"]
     drawings = [draw("circle", c, "white", rng) for c in colours]

@@ -121,7 +121,9 @@ def secured(tmp_path: Path) -> Iterator[tuple[TestClient, str]]:
     _, token = store.add_rater("alice")
     scorers = {"human": HumanScorer(store, "score", 1), "recording": RecordingScorer()}
     settings = ServerSettings(api_keys=[KEY], max_items=4, max_body_bytes=100_000)
-    with TestClient(create_app(settings, scorers), follow_redirects=False) as client:
+    with TestClient(
+        create_app(settings, scorers, rating_store=store), follow_redirects=False
+    ) as client:
         yield client, token
     store.close()
 

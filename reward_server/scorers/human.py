@@ -3,38 +3,22 @@
 They are job scorers (kind "job"): POST /v1/jobs queues the images, raters
 score them on /rate, and GET /v1/jobs/{id} reports the scores. Calling their
 `score` directly is an error, since no answer can come back within a request.
+The rating store is handed in by whoever builds them, and closed by its owner
+(the app's runtime), not by the scorer.
 """
 
 from __future__ import annotations
 
-import threading
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from reward_server.scorers.base import Scorer, ScorerUnavailable
+from reward_server.scorers.base import Scorer
 from reward_server.settings import ServerSettings
 
-_stores: dict[str, Any] = {}
-_stores_lock = threading.Lock()
-
-
-def shared_store(settings: ServerSettings) -> Any:
-    """One RatingStore per database URL, so both human scorers share an engine."""
-    try:
-        from reward_server.storage import RatingStore
-    except ImportError as exc:  # sqlalchemy/alembic are in the `server` extra
-        raise ScorerUnavailable(f"the rating queue needs sqlalchemy and alembic: {exc}") from exc
-    url = settings.resolved_database_url()
-    with _stores_lock:
-        store = _stores.get(url)
-        if store is None or store._closed:
-            try:
-                store = RatingStore(url)
-            except Exception as exc:
-                raise ScorerUnavailable(f"cannot open the rating database: {exc}") from exc
-            _stores[url] = store
-        return store
+if TYPE_CHECKING:
+    from reward_server.storage import NewItem, RatingStore
 
 
 class HumanScorer(Scorer):
@@ -44,7 +28,7 @@ class HumanScorer(Scorer):
     version = "1"
     max_batch_size = 256
 
-    def __init__(self, store: Any, mode: str = "score", ratings_per_item: int = 1) -> None:
+    def __init__(self, store: RatingStore, mode: str = "score", ratings_per_item: int = 1) -> None:
         if mode not in ("score", "pair"):
             raise ValueError(f"mode must be 'score' or 'pair', not {mode!r}")
         self.store = store
@@ -67,13 +51,22 @@ class HumanScorer(Scorer):
     ) -> tuple[list[float], list[dict[str, Any]] | None]:
         raise RuntimeError(f"{self.name or 'human'} is a job scorer: use POST /v1/jobs")
 
-    def close(self) -> None:
-        self.store.close()
+    def create_job(
+        self, scorer: str, items: Sequence[NewItem], lifetime_s: float
+    ) -> tuple[str, float]:
+        """Queue items for rating under the name `scorer`; returns job id and deadline."""
+        return self.store.create_job(
+            scorer,
+            self.mode,  # type: ignore[arg-type]
+            self.ratings_per_item,
+            items,
+            lifetime_s,
+        )
 
 
-def build(settings: ServerSettings) -> HumanScorer:
-    return HumanScorer(shared_store(settings), "score", settings.ratings_per_item)
+def build(settings: ServerSettings, store: RatingStore) -> HumanScorer:
+    return HumanScorer(store, "score", settings.ratings_per_item)
 
 
-def build_pairwise(settings: ServerSettings) -> HumanScorer:
-    return HumanScorer(shared_store(settings), "pair", settings.ratings_per_item)
+def build_pairwise(settings: ServerSettings, store: RatingStore) -> HumanScorer:
+    return HumanScorer(store, "pair", settings.ratings_per_item)
