@@ -12,7 +12,6 @@ import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlencode
 
 import typer
 
@@ -50,6 +49,7 @@ def add(
     database_url: DatabaseOpt = None,
 ) -> None:
     """Create a rater and print their invite link (the token is shown only this once)."""
+    from reward_server.invites import invite_link
     from reward_server.storage import QueueError
 
     store, settings = _store(database_url)
@@ -60,8 +60,8 @@ def add(
         raise typer.Exit(1) from None
     finally:
         store.close()
-    base = (url or settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
-    typer.echo(f"{base}/rate/login?{urlencode({'token': token})}")
+    base = url or settings.public_url or f"http://{settings.host}:{settings.port}"
+    typer.echo(invite_link(base, token))
 
 
 @raters_app.command("list")
