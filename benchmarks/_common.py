@@ -50,26 +50,46 @@ SAMPLE_SIZE = 32
 IMAGE_PX = 64
 
 
-def single_thread_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for child processes: one intra-op thread each, offline, quiet.
+#: Offline and quiet; thread settings are left to the caller (see child_env).
+QUIET_ENV = {
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "DIFFUSERS_VERBOSITY": "error",
+    "PYTHONWARNINGS": "ignore",
+}
+#: What --single-thread adds: the figures of 2026-11-25 were measured this way.
+SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+#: OpenMP settings a benchmark may vary; child_env removes inherited ones.
+OMP_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
-    Tiny models gain nothing from more threads, and a trainer, a reward server
-    and the benchmark itself on 2 shared cores oversubscribe badly otherwise.
+
+def child_env(extra: dict[str, str] | None = None, single_thread: bool = False) -> dict[str, str]:
+    """Environment for child processes (trainer, reward server, trl): offline and quiet.
+
+    By default the OpenMP variables are removed, so every child runs with the
+    thread defaults a user gets (all cores, libgomp's wait policy): forcing one
+    thread hid a 2.2x slowdown of `ddpo train` (docs/benchmarks.md, 2026-12-01).
+    Even an OMP_NUM_THREADS=1 exported in the benchmark's own shell is dropped.
+    single_thread gives each child one intra-op thread, as the older figures had;
+    `extra` (e.g. OMP_WAIT_POLICY) goes on top.
     """
-    env = dict(os.environ)
-    env.update(
-        {
-            "OMP_NUM_THREADS": "1",
-            "MKL_NUM_THREADS": "1",
-            "TOKENIZERS_PARALLELISM": "false",
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_VERBOSITY": "error",
-            "DIFFUSERS_VERBOSITY": "error",
-            "PYTHONWARNINGS": "ignore",
-        }
-    )
+    env = {k: v for k, v in os.environ.items() if k not in OMP_VARS}
+    env.update(QUIET_ENV)
+    if single_thread:
+        env.update(SINGLE_THREAD_ENV)
     env.update(extra or {})
     return env
+
+
+def single_thread_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """child_env with one intra-op thread per child (reward_transport's per-image costs)."""
+    return child_env(extra, single_thread=True)
+
+
+def thread_env_label(env: dict[str, str]) -> dict[str, str | None]:
+    """The OpenMP variables a child actually got, for the result JSON."""
+    return {name: env.get(name) for name in OMP_VARS}
 
 
 def stop_on_sigterm() -> None:
@@ -137,13 +157,13 @@ TRL_PACKAGES = ["trl", "torch", "diffusers", "transformers", "peft", "accelerate
 def machine_info() -> dict[str, object]:
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {
-        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "loadavg_at_start": load,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "omp_env_of_benchmark": {n: os.environ.get(n) for n in OMP_VARS},
     }
 
 
@@ -225,18 +245,25 @@ def build_bench_pipeline(path: Path, sample_size: int = SAMPLE_SIZE) -> Path:
     return path
 
 
-def default_pipeline_dir() -> Path:
-    return CACHE_DIR / f"tiny-sd-{IMAGE_PX}px"
+def default_pipeline_dir(sample_size: int = SAMPLE_SIZE) -> Path:
+    """Where build_bench_pipeline puts the random pipeline (2 px per latent: the VAE's factor)."""
+    return CACHE_DIR / f"tiny-sd-{2 * sample_size}px"
 
 
 def ours_config_toml(
-    model_dir: Path, output_dir: Path, server_url: str, epochs: int, seed: int = 0
+    model_dir: Path,
+    output_dir: Path,
+    server_url: str,
+    epochs: int,
+    seed: int = 0,
+    scorer: str = "jpeg_compressibility",
+    prompts_file: Path = PROMPTS_FILE,
 ) -> str:
     """A `ddpo train` config with SETTINGS; checkpoints only at the end, no image logging."""
     s = SETTINGS
     lines = [
         f'pretrained_model = "{model_dir}"',
-        f'prompts_file = "{PROMPTS_FILE}"',
+        f'prompts_file = "{prompts_file}"',
         f'output_dir = "{output_dir}"',
         f"seed = {seed}",
         f"num_epochs = {epochs}",
@@ -270,7 +297,7 @@ def ours_config_toml(
         "",
         "[[rewards]]",
         f'url = "{server_url}"',
-        'scorer = "jpeg_compressibility"',
+        f'scorer = "{scorer}"',
         'mode = "sync"',
     ]
     return "\n".join(lines) + "\n"

@@ -24,19 +24,21 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from _common import (
     OUR_PACKAGES,
     REPO,
     SETTINGS,
     build_bench_pipeline,
+    child_env,
     default_pipeline_dir,
     machine_info,
     our_epochs,
     ours_config_toml,
-    single_thread_env,
     stop_on_sigterm,
     summarize,
+    thread_env_label,
     versions,
     write_result,
 )
@@ -51,11 +53,19 @@ def run_ours(
     workdir: Path,
     seed: int = 0,
     profiler: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    timeout_s: float | None = None,
+    **config: Any,
 ) -> Path:
-    """One `ddpo train` process; returns its output directory."""
+    """One `ddpo train` process; returns its output directory.
+
+    env: default child_env(), the thread defaults a user has; timeout_s: kill it
+    (subprocess.TimeoutExpired) past that; config: more ours_config_toml
+    arguments (scorer, prompts_file).
+    """
     out = workdir / f"ours-{time.monotonic_ns()}"
     cfg = workdir / f"{out.name}.toml"
-    cfg.write_text(ours_config_toml(model_dir, out, server_url, epochs, seed))
+    cfg.write_text(ours_config_toml(model_dir, out, server_url, epochs, seed, **config))
     ddpo = Path(sys.executable).with_name("ddpo")
     cmd = [str(ddpo), "train", "--config", str(cfg), "--log-level", "warning"]
     if profiler:
@@ -63,7 +73,14 @@ def run_ours(
         cmd = [*profiler, "--", sys.executable, "-m", "trainer.cli", *cmd[1:]]
     log = workdir / f"{out.name}.log"
     with log.open("wb") as fh:
-        proc = subprocess.run(cmd, env=single_thread_env(), stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.run(
+            cmd,
+            env=env or child_env(),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            check=False,
+            timeout=timeout_s,
+        )
     if proc.returncode != 0:
         tail = log.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"ddpo train failed ({proc.returncode}):\n{tail}")
@@ -180,25 +197,32 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="one more run under py-spy")
     ap.add_argument("--py-spy", default=shutil.which("py-spy"), help="py-spy executable")
     ap.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
+    ap.add_argument(
+        "--single-thread",
+        action="store_true",
+        help="OMP_NUM_THREADS=1 for every child (the 2026-11-25 figures); default: user's env",
+    )
     ap.add_argument("--out", default="epoch_breakdown")
     args = ap.parse_args()
+    env = child_env(single_thread=args.single_thread)
     stop_on_sigterm()
 
     from trainer.server_process import RewardServerProcess
 
     info = machine_info()
-    model_dir = build_bench_pipeline(args.model_dir or default_pipeline_dir())
+    # A given directory is used as it is (build_bench_pipeline would overwrite it).
+    model_dir = args.model_dir or build_bench_pipeline(default_pipeline_dir())
     work = Path(tempfile.mkdtemp(prefix="ddpo-bench-"))
     runs = []
     profile = None
     with RewardServerProcess(
         ["jpeg_compressibility"],
         log_file=work / "server.log",
-        extra_env=single_thread_env({"DDPO_LOG_FORMAT": "text"}),
+        extra_env=child_env({"DDPO_LOG_FORMAT": "text"}, single_thread=args.single_thread),
     ) as server:
         for r in range(args.repeats):
             t0 = time.perf_counter()
-            out = run_ours(model_dir, server.url, args.epochs, work, seed=r)
+            out = run_ours(model_dir, server.url, args.epochs, work, seed=r, env=env)
             wall = time.perf_counter() - t0
             rows = our_epochs(out / "metrics.jsonl", skip=1)
             runs.append({"run": r, "process_wall_s": wall, "epochs": rows})
@@ -208,7 +232,7 @@ def main() -> None:
                 sys.exit("--profile needs py-spy (pip install py-spy) on PATH or --py-spy")
             raw = work / "profile.txt"
             cmd = [args.py_spy, "record", "-r", str(args.rate), "-f", "raw", "-o", str(raw)]
-            run_ours(model_dir, server.url, args.epochs, work, seed=99, profiler=cmd)
+            run_ours(model_dir, server.url, args.epochs, work, seed=99, profiler=cmd, env=env)
             profile = analyse_profile(raw)
 
     rows = [row for run in runs for row in run["epochs"]]
@@ -223,6 +247,7 @@ def main() -> None:
             "machine": info,
             "versions": versions(OUR_PACKAGES),
             "settings": {**SETTINGS, "image_px": 64, "reward": "jpeg_compressibility over HTTP"},
+            "child_thread_env": thread_env_label(env),
             "epochs_per_run": args.epochs,
             "warmup_epochs_dropped_per_run": 1,
             "phases": table,

@@ -258,9 +258,10 @@ def fit_reward(
 
 
 def main() -> None:
-    # Trainer and reward server often share a few CPU cores; OpenMP threads that spin
-    # while waiting then starve each other (measured: a 2 s sampling phase took 150 s).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # No OpenMP defaults: threads that spin-wait are what is fast on free cores (a global
+    # OMP_WAIT_POLICY=PASSIVE made epochs 2.2x slower). A reward server started beside the
+    # trainer (RewardServerProcess: ddpo demo) gets one passive thread instead; on cores
+    # shared with other busy programs, export PASSIVE yourself (docs/benchmarks.md).
     app()
 
 

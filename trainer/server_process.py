@@ -133,7 +133,8 @@ class RewardServerProcess:
         # Linux's PR_SET_PDEATHSIG fires when the spawning *thread* ends: only from the main one.
         if threading.current_thread() is threading.main_thread():
             cmd.append("--parent-death-signal")
-        env = {**os.environ, **self.extra_env}
+        # It shares the trainer's cores: one passive OpenMP thread never spins on them.
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", **self.extra_env}
         if self.api_key:
             env["DDPO_API_KEYS"] = self.api_key
         if self.log_file is not None:
