@@ -151,7 +151,7 @@ def main() -> None:
     if not trl_python().exists():
         sys.exit(f"{trl_python()} is missing: run benchmarks/setup_trl_venv.sh first")
 
-    from trainer.server_process import RewardServerProcess
+    from ddpo.server_process import RewardServerProcess
 
     info = machine_info()
     model_dirs = args.model_dir or [

@@ -70,7 +70,7 @@ def run_ours(
     cmd = [str(ddpo), "train", "--config", str(cfg), "--log-level", "warning"]
     if profiler:
         # py-spy needs a Python entry point it can follow: the CLI module itself.
-        cmd = [*profiler, "--", sys.executable, "-m", "trainer.cli", *cmd[1:]]
+        cmd = [*profiler, "--", sys.executable, "-m", "ddpo.cli", *cmd[1:]]
     log = workdir / f"{out.name}.log"
     with log.open("wb") as fh:
         proc = subprocess.run(
@@ -207,7 +207,7 @@ def main() -> None:
     env = child_env(single_thread=args.single_thread)
     stop_on_sigterm()
 
-    from trainer.server_process import RewardServerProcess
+    from ddpo.server_process import RewardServerProcess
 
     info = machine_info()
     # A given directory is used as it is (build_bench_pipeline would overwrite it).

@@ -303,7 +303,7 @@ def main() -> None:
     args = ap.parse_args()
     stop_on_sigterm()
 
-    from trainer.server_process import RewardServerProcess
+    from ddpo.server_process import RewardServerProcess
 
     info = machine_info()
     components = {px: component_costs(px, args.reps) for px in args.sizes}

@@ -113,7 +113,7 @@ def server(
     Otherwise the child gets exactly child_env(env): RewardServerProcess would put its
     few-thread defaults on top, which the "old" and "naive" cases must not have.
     """
-    from trainer.server_process import RewardServerProcess, free_port
+    from ddpo.server_process import RewardServerProcess, free_port
 
     if env is None:
         extra = child_env({"DDPO_LOG_FORMAT": "text"})
@@ -123,7 +123,7 @@ def server(
         return
     port = free_port()
     if cli:  # `ddpo serve`, through the CLI's main() as a user runs it
-        cmd = [sys.executable, "-m", "trainer.cli", "serve", "--log-level", "warning"]
+        cmd = [sys.executable, "-m", "ddpo.cli", "serve", "--log-level", "warning"]
     else:
         cmd = [sys.executable, "-m", "reward_server"]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--scorers", scorer]

@@ -37,6 +37,7 @@ COPY pyproject.toml README.md /tmp/src/
 COPY shared /tmp/src/shared
 COPY trainer /tmp/src/trainer
 COPY reward_server /tmp/src/reward_server
+COPY ddpo /tmp/src/ddpo
 RUN python3 -m pip install --no-cache-dir --no-deps --no-build-isolation /tmp/src \
     && rm -rf /tmp/src
 

@@ -1,7 +1,7 @@
 """`ddpo fit-reward`'s glue: the server's settings, database and CLIP model -> one fit.
 
 The fitting itself is reward_server/fitting/; the typer command is in
-trainer/cli.py, which imports FitError, describe_fit and run_fit_command from
+ddpo/cli.py, which imports FitError, describe_fit and run_fit_command from
 here. Like the fitting, this module imports neither fastapi nor (until a
 database is opened) SQLAlchemy: the trainer image runs it.
 """

@@ -17,7 +17,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUF
 
 
 def demo_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "trainer.cli", "demo", *args]
+    return [sys.executable, "-m", "ddpo.cli", "demo", *args]
 
 
 def server_pid(text: str) -> int:

@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ddpo.demo import BUILTIN_MODEL, HUMAN_PROMPTS, eval_images
 from reward_server.scorers.prompt_fidelity import build as build_fidelity
 from reward_server.scripted_rater import ScriptedRater, preference_score
-from trainer.demo import BUILTIN_MODEL, HUMAN_PROMPTS, eval_images
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +33,7 @@ HELD_OUT_SEEDS = list(range(5000, 5016))
 
 def run_human_demo(out: Path, *args: str, rater: str | None) -> tuple[str, ScriptedRater | None]:
     """Run the demo to the end; start a scripted rater on the printed invite link."""
-    cmd = [sys.executable, "-m", "trainer.cli", "demo", "--reward", "human", "--output", str(out)]
+    cmd = [sys.executable, "-m", "ddpo.cli", "demo", "--reward", "human", "--output", str(out)]
     proc = subprocess.Popen(
         [*cmd, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV
     )

@@ -480,7 +480,7 @@ def check_command(argv: list[str], service: str) -> None:
     assert argv, "empty command"
     exe = argv[0]
     if exe == "ddpo":
-        from trainer.cli import app
+        from ddpo.cli import app
 
         group = _typer_command(app)
         assert argv[1] in group.commands, f"no `ddpo {argv[1]}`; have {sorted(group.commands)}"
@@ -589,7 +589,7 @@ def _localize(argv: list[str], mapping: dict[str, str]) -> list[str]:
             word = word.replace(container, host)
         out.append(word)
     if out[0] == "ddpo":
-        out = [sys.executable, "-m", "trainer.cli", *out[1:]]
+        out = [sys.executable, "-m", "ddpo.cli", *out[1:]]
     elif out[0] == "python3":
         out[0] = sys.executable
     return ["sh", str(ROOT / "docker" / "entrypoint.sh"), *out]

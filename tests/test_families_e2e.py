@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from trainer.server_process import RewardServerProcess
+    from ddpo.server_process import RewardServerProcess
 
     log = tmp_path_factory.mktemp("server") / "server.log"
     with RewardServerProcess(["jpeg_compressibility"], log_file=log) as s:

@@ -10,11 +10,11 @@ import pytest
 from click.testing import Result
 from typer.testing import CliRunner
 
+from ddpo.cli import app
 from reward_server.head_store import load_latest, read_latest
 from reward_server.storage import RatingStore
 from tests.helpers.shape_ratings import rate_shapes
 from tests.helpers.tiny_clip import write_tiny_clip
-from trainer.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -105,7 +105,7 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path: Path, clip_dir: Path) ->
 def test_command_stays_light() -> None:
     """The trainer image has no fastapi: neither the CLI nor the fitting code may need it."""
     probe = (
-        "import sys, trainer.cli, reward_server.fit_reward, reward_server.head_store\n"
+        "import sys, ddpo.cli, reward_server.fit_reward, reward_server.head_store\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & "
         "{'fastapi', 'starlette', 'uvicorn', 'sqlalchemy', 'alembic', 'transformers'}))"
     )

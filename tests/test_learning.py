@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from ddpo.server_process import RewardServerProcess
 from tests.test_train_e2e import ddpo
 from trainer.run_log import read_metrics
-from trainer.server_process import RewardServerProcess
 
 pytestmark = pytest.mark.slow
 

@@ -7,16 +7,16 @@ import sys
 
 import pytest
 
+from ddpo.server_process import RewardServerProcess, free_port
 from tests.test_train_e2e import write_config
 from trainer.run_log import read_metrics
-from trainer.server_process import RewardServerProcess, free_port
 
 pytestmark = pytest.mark.slow
 
 
 def torchrun(*args: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    cmd += ["--master_port", str(free_port()), "-m", "trainer.cli", *args]
+    cmd += ["--master_port", str(free_port()), "-m", "ddpo.cli", *args]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"

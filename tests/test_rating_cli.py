@@ -11,8 +11,8 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from typer.testing import CliRunner
 
+from ddpo.cli import app
 from reward_server.storage import NewItem, RatingStore
-from trainer.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -89,7 +89,7 @@ def test_parquet_without_pyarrow_says_so(db: str, tmp_path: Path, monkeypatch) -
 
 def test_cli_modules_stay_light() -> None:
     probe = (
-        "import sys, trainer.cli, reward_server.cli_ratings\n"
+        "import sys, ddpo.cli, reward_server.cli_ratings\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & "
         "{'fastapi', 'starlette', 'sqlalchemy', 'alembic', 'uvicorn'}))"
     )

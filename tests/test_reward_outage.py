@@ -31,6 +31,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
+from ddpo.server_process import RewardServerProcess, free_port
 from reward_server.app import create_app
 from reward_server.scorers.human import HumanScorer
 from reward_server.settings import ServerSettings
@@ -41,7 +42,6 @@ from trainer.checkpoint import latest_checkpoint
 from trainer.config import RewardEndpoint
 from trainer.reward_client import RewardClient, RewardError, gather_results
 from trainer.run_log import read_metrics
-from trainer.server_process import RewardServerProcess, free_port
 
 LOGGER = "trainer.reward_client"
 
@@ -493,7 +493,7 @@ def write_config(tmp_path: Path, model: Path, url: str, extra: str = "") -> Path
 
 def start_train(cfg: Path, log: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "400"}  # rich: fewer wrapped lines
-    cmd = [sys.executable, "-m", "trainer.cli", "train", "--config", str(cfg), *args]
+    cmd = [sys.executable, "-m", "ddpo.cli", "train", "--config", str(cfg), *args]
     return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
 
 

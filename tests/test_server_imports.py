@@ -1,4 +1,10 @@
-"""The reward server must not import the trainer's stack (diffusers, peft, accelerate)."""
+"""Import boundaries: the trainer and the reward server share only `shared/`.
+
+The reward server must not import the trainer's stack (diffusers, peft,
+accelerate), the trainer must not import the server, and neither may import
+the orchestration package `ddpo/` (the one place that imports both). No
+import cycles anywhere, and no module over about a screenful of screens.
+"""
 
 from __future__ import annotations
 
@@ -90,3 +96,91 @@ def test_fit_reward_modules_do_not_import_the_web_stack() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
+
+
+# -- the layout as a whole ---------------------------------------------------------------
+
+PACKAGES = ("trainer", "reward_server", "shared", "ddpo")
+#: What each side may import of the project's packages.
+ALLOWED = {
+    "trainer": {"trainer", "shared"},
+    "reward_server": {"reward_server", "shared"},
+    "shared": {"shared"},
+    "ddpo": {"ddpo", "trainer", "reward_server", "shared"},
+}
+MAX_LINES = 450
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def project_files() -> dict[str, Path]:
+    return {
+        module_name(p): p
+        for pkg in PACKAGES
+        for p in (ROOT / pkg).rglob("*.py")
+        if "migrations" not in p.parts
+    }
+
+
+def runtime_imports(path: Path, modules: set[str]) -> set[str]:
+    """Project modules a file imports when it runs (lazy ones too, not TYPE_CHECKING)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    typing_only = {
+        id(node)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+        for node in ast.walk(block)
+    }
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name in modules}
+        elif isinstance(node, ast.ImportFrom) and node.module in modules:
+            # `from pkg import submodule` depends on the submodule, not on pkg's __init__
+            subs = {f"{node.module}.{a.name}" for a in node.names} & modules
+            found |= subs or {node.module}
+    return found
+
+
+def test_each_side_imports_only_what_it_may() -> None:
+    """trainer/ and reward_server/ never import each other (lazily neither), nor ddpo/."""
+    offenders = []
+    for path in [p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")]:
+        side = path.relative_to(ROOT).parts[0]
+        for name in imported_modules(path):
+            top = name.split(".")[0]
+            if top in PACKAGES and top not in ALLOWED[side]:
+                offenders.append(f"{path.relative_to(ROOT)}: {name}")
+    assert offenders == []
+
+
+def test_no_import_cycles() -> None:
+    files = project_files()
+    graph = {name: runtime_imports(path, set(files)) - {name} for name, path in files.items()}
+    done: set[str] = set()
+
+    def visit(name: str, trail: list[str]) -> None:
+        if name in trail:
+            raise AssertionError(" -> ".join([*trail[trail.index(name) :], name]))
+        if name in done:
+            return
+        for dep in sorted(graph[name]):
+            visit(dep, [*trail, name])
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, [])
+
+
+def test_no_module_is_longer_than_a_reader_can_hold() -> None:
+    long = {
+        name: n
+        for name, path in project_files().items()
+        if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES
+    }
+    assert long == {}, f"split these by concern (over {MAX_LINES} lines): {long}"

@@ -1,8 +1,10 @@
-"""The reward server's layout: no import cycles; the rating store belongs to the app."""
+"""The reward server's layout: routers reach state through dependencies; the store is the app's.
+
+(No import cycles anywhere: tests/test_server_imports.py.)
+"""
 
 from __future__ import annotations
 
-import ast
 import time
 from pathlib import Path
 
@@ -15,60 +17,16 @@ from reward_server.scorers.human import HumanScorer
 from reward_server.scorers.registry import ScorerRegistry, build_scorers
 from reward_server.settings import ServerSettings
 from reward_server.storage import RatingStore
+from tests.test_server_imports import runtime_imports
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "reward_server"
 
 
-def _module_name(path: Path) -> str:
-    parts = path.relative_to(ROOT).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def _runtime_imports(path: Path, modules: set[str]) -> set[str]:
-    """reward_server modules a file imports when it runs (lazy ones too, not TYPE_CHECKING)."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    typing_only = {
-        id(node)
-        for block in ast.walk(tree)
-        if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
-        for node in ast.walk(block)
-    }
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        if id(node) in typing_only:
-            continue
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name in modules}
-        elif isinstance(node, ast.ImportFrom) and node.module in modules:
-            # `from pkg import submodule` depends on the submodule, not on pkg's __init__
-            subs = {f"{node.module}.{a.name}" for a in node.names} & modules
-            found |= subs or {node.module}
-    return found
-
-
-def test_no_import_cycle_inside_reward_server() -> None:
-    files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
-    graph = {name: _runtime_imports(path, set(files)) - {name} for name, path in files.items()}
-    done: set[str] = set()
-
-    def visit(name: str, trail: list[str]) -> None:
-        if name in trail:
-            raise AssertionError(" -> ".join([*trail[trail.index(name) :], name]))
-        if name in done:
-            return
-        for dep in sorted(graph[name]):
-            visit(dep, [*trail, name])
-        done.add(name)
-
-    for name in sorted(graph):
-        visit(name, [])
-
-
 def test_routers_reach_state_only_through_dependencies() -> None:
     """Routers never import the app (that is what would close the cycle)."""
     for path in (PACKAGE / "routers").glob("*.py"):
-        assert "reward_server.app" not in _runtime_imports(path, {"reward_server.app"}), path
+        assert "reward_server.app" not in runtime_imports(path, {"reward_server.app"}), path
 
 
 def test_the_app_opens_and_closes_the_rating_store(tmp_path: Path) -> None:

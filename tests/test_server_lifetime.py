@@ -26,7 +26,7 @@ BOUND_S = 20.0  # liveness bound, not a timing assertion: the child drains in ab
 
 PARENT = """
 import signal, sys, threading, time, httpx
-from trainer.server_process import RewardServerProcess
+from ddpo.server_process import RewardServerProcess
 
 signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started as a background job
 mode = sys.argv[1]
@@ -184,7 +184,7 @@ def test_crashed_parent_that_never_stopped_its_child(reaper: Reaper) -> None:
 def test_demo_cli_on_sigterm_exits_and_stops_its_server(tmp_path: Path, reaper: Reaper) -> None:
     """`timeout`, `docker stop`, systemd and CI runners stop `ddpo demo` with SIGTERM."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "trainer.cli", "demo", "--output", str(tmp_path / "demo")],
+        [sys.executable, "-m", "ddpo.cli", "demo", "--output", str(tmp_path / "demo")],
         cwd=ROOT,
         env=ENV,
         stdout=subprocess.PIPE,
@@ -211,7 +211,7 @@ def test_demo_cli_on_sigterm_exits_and_stops_its_server(tmp_path: Path, reaper: 
 
 def test_start_then_with_is_one_child_and_stopped() -> None:
     """A second start() would leave the first child running; `with` after start() adopts it."""
-    from trainer.server_process import RewardServerProcess
+    from ddpo.server_process import RewardServerProcess
 
     server = RewardServerProcess(["jpeg_compressibility"]).start()
     child = server.proc

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-import trainer.cli as cli
-from trainer.server_process import RewardServerProcess
+import ddpo.cli as cli
+from ddpo.server_process import RewardServerProcess
 
 OMP_VARS = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOMP_SPINCOUNT")
 

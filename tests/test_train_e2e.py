@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ddpo.server_process import RewardServerProcess, free_port
 from trainer.run_log import read_metrics
-from trainer.server_process import RewardServerProcess, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +48,7 @@ def write_config(tmp_path: Path, model: Path, url: str, extra: str = "") -> Path
 def ddpo(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "trainer.cli", *args],
+        [sys.executable, "-m", "ddpo.cli", *args],
         capture_output=True,
         text=True,
         env=env,

@@ -126,8 +126,8 @@ def demo(
 ) -> None:
     """Fine-tune the built-in tiny model with DDPO through a local reward server (CPU, minutes)."""
     _setup_logging(log_level)
+    from ddpo.demo import BUILTIN_MODEL, run_demo
     from trainer.config import ConfigError
-    from trainer.demo import BUILTIN_MODEL, run_demo
 
     try:
         result = run_demo(

@@ -221,24 +221,11 @@ def _reward_curve_png(path: Path, records: list[dict], name: str) -> None:
 
 
 def _invite_rater(server_url: str, data_dir: Path) -> str:
-    """A fresh rater in the demo server's database; returns its invite link."""
-    from urllib.parse import urlencode
+    """A fresh rater ("you", or "you-2" on a re-run) in the demo server's database."""
+    from reward_server.invites import invite_rater
 
-    from reward_server.storage import QueueError, RatingStore
-
-    store = RatingStore(f"sqlite:///{(data_dir / 'ratings.db').resolve()}")
-    try:
-        for n in range(1, 1000):  # a re-run keeps the database: "you", "you-2", ...
-            try:
-                _, token = store.add_rater("you" if n == 1 else f"you-{n}")
-                break
-            except QueueError:
-                continue
-        else:
-            raise RuntimeError(f"cannot create a rater in {data_dir}")
-    finally:
-        store.close()
-    return f"{server_url}/rate/login?{urlencode({'token': token})}"
+    database = f"sqlite:///{(data_dir / 'ratings.db').resolve()}"
+    return invite_rater(database, "you", server_url, first_free=True)
 
 
 def default_epochs(reward: str) -> int:
@@ -256,8 +243,8 @@ def run_demo(
     rating_deadline_s: float = 600.0,
 ) -> DemoResult:
     """Run the demo; the reward server child is stopped however this exits."""
+    from ddpo.server_process import RewardServerProcess
     from trainer.run_log import read_metrics
-    from trainer.server_process import RewardServerProcess
     from trainer.train import train
 
     def say(message: str) -> None:  # soft wrap: links must stay on one line to be clickable

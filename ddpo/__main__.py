@@ -1,0 +1,5 @@
+"""`python -m ddpo` is the `ddpo` command."""
+
+from ddpo.cli import main
+
+main()
