@@ -105,17 +105,22 @@ def test_ratio_is_one_before_any_update(tiny_sd, mixed_precision, use_lora):
 class _ShapeDependentUNet(torch.nn.Module):
     """Rounds differently for one batch shape, as reduced-precision GPU kernels can."""
 
-    def __init__(self, inner: torch.nn.Module, rows: int) -> None:
+    def __init__(
+        self, inner: torch.nn.Module, rows: int, below_t: int | None = None, scale: float = 1e-3
+    ) -> None:
         super().__init__()
         self.inner = inner
         self.rows = rows
+        self.below_t = below_t  # perturb only timesteps below this (None: all)
+        self.scale = scale
         self.calls = 0
 
     def forward(self, x, t, **kwargs):
         self.calls += 1
         out = self.inner(x, t, **kwargs)
-        if x.shape[0] == self.rows:
-            return (out[0] * (1 + 1e-3),) + tuple(out[1:])
+        hit = self.below_t is None or bool((t < self.below_t).all())
+        if x.shape[0] == self.rows and hit:
+            return (out[0] * (1 + self.scale),) + tuple(out[1:])
         return out
 
 
@@ -134,6 +139,23 @@ def test_old_log_probs_recomputed_where_kernels_differ_by_batch_shape(tiny_sd, m
     else:
         assert stats["log_ratio_abs_max"] <= TOLERANCE["no"]
         assert stats["old_log_prob_drift"] > 1e-4
+
+
+def test_auto_catches_a_drift_confined_to_the_last_step(tiny_sd):
+    """Rounding differences matter most where sigma is smallest; the probe looks there."""
+    last_step_only = 1000 // STEPS  # DDIM's timesteps are 1000 / STEPS apart
+    setup = _Setup(
+        tiny_sd,
+        _config(tiny_sd, "no", train_timesteps_per_pass=1),  # 6 rows per training pass
+        # The last step's mean hardly depends on an epsilon prediction: perturb it more.
+        wrap=lambda unet: _ShapeDependentUNet(unet, 2 * 6, below_t=last_step_only, scale=0.1),
+    )
+    assert int(setup.trajs.timesteps[0, -1]) < last_step_only <= int(setup.trajs.timesteps[0, -2])
+    never = setup.update(train_recompute_old_log_probs="never")
+    assert never["log_ratio_abs_max"] > 1e-4
+    auto = setup.update(train_recompute_old_log_probs="auto")
+    assert auto["old_log_prob_drift"] > 1e-4
+    assert auto["log_ratio_abs_max"] <= TOLERANCE["no"]
 
 
 def test_auto_recomputes_nothing_when_kernels_agree(tiny_sd):
