@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
 import time
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
-from fastapi import FastAPI
 
-from shared.images import decode_image
-from shared.protocol import ScoreRequest, ScoreResponse, ScorerInfo, ScorerList
+from tests.helpers.loopback_server import LoopbackServer, mean_scorer_app
 from trainer.config import RewardEndpoint
 from trainer.reward_client import (
     RewardClient,
@@ -28,47 +24,13 @@ from trainer.reward_client import (
 )
 
 
-class StubServer:
-    """A v1 reward server with one scorer, "mean" (mean pixel / 255), that logs each request."""
+class StubServer(LoopbackServer):
+    """A started v1 reward server with one scorer, "mean", that logs each request's item ids."""
 
     def __init__(self) -> None:
         self.requests: list[list[str]] = []
-        app = FastAPI()
-
-        @app.get("/readyz")
-        async def readyz() -> dict:
-            return {"status": "ok", "scorers": ["mean"]}
-
-        @app.get("/v1/scorers")
-        async def scorers() -> dict:
-            return ScorerList(scorers=[ScorerInfo(name="mean", version="1")]).model_dump()
-
-        @app.post("/v1/score")
-        async def score(req: ScoreRequest) -> dict:
-            self.requests.append([item.id for item in req.items])
-            scores = [float(np.asarray(decode_image(it.image)).mean() / 255) for it in req.items]
-            return ScoreResponse(scorer=req.scorer, version="1", scores=scores).model_dump()
-
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        config = uvicorn.Config(
-            app, log_level="warning", lifespan="off", timeout_graceful_shutdown=1
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
-        )
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline, "stub server did not start"
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=5)
-        self.sock.close()
+        super().__init__(lambda: mean_scorer_app(self.requests.append))
+        self.start()
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -28,16 +27,14 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import uvicorn
-from fastapi import FastAPI
 
 from ddpo.server_process import RewardServerProcess, free_port
 from reward_server.app import create_app
 from reward_server.scorers.human import HumanScorer
 from reward_server.settings import ServerSettings
 from reward_server.storage import RatingStore
-from shared.images import decode_image
-from shared.protocol import ScoreRequest, ScoreResponse, ScorerInfo, ScorerList
+from shared.protocol import ScoreRequest
+from tests.helpers.loopback_server import LoopbackServer, mean_scorer_app
 from trainer.checkpoint import latest_checkpoint
 from trainer.config import RewardEndpoint
 from trainer.reward_client import RewardClient, RewardError, gather_results
@@ -49,40 +46,6 @@ LOGGER = "trainer.reward_client"
 # -- helpers ---------------------------------------------------------------------------
 
 
-class LoopbackServer:
-    """Uvicorn in a thread on a fixed loopback port; stop() and start() again at will."""
-
-    def __init__(self, app_factory: Callable[[], Any], port: int | None = None) -> None:
-        self.app_factory = app_factory
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server: uvicorn.Server | None = None
-
-    def start(self) -> LoopbackServer:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # same port right away
-        sock.bind(("127.0.0.1", self.port))
-        config = uvicorn.Config(
-            self.app_factory(), log_level="warning", timeout_graceful_shutdown=0.2
-        )
-        self.server = uvicorn.Server(config)
-        self.sock = sock
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [sock]}, daemon=True
-        )
-        self.thread.start()
-        wait_for(lambda: self.server is not None and self.server.started, "server start")
-        return self
-
-    def stop(self) -> None:
-        if self.server is None:
-            return
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
-        self.server = None
-
-
 def wait_for(cond: Callable[[], object], what: str, limit_s: float = 60.0) -> None:
     """Poll until cond() is true; the limit only keeps a broken run from hanging."""
     give_up = time.monotonic() + limit_s
@@ -90,27 +53,6 @@ def wait_for(cond: Callable[[], object], what: str, limit_s: float = 60.0) -> No
         if time.monotonic() > give_up:
             raise AssertionError(f"gave up waiting for {what}")
         time.sleep(0.02)
-
-
-def counting_app(counts: Counter[str]) -> FastAPI:
-    """The v1 protocol with one scorer, "mean" (mean pixel / 255); counts each item id scored."""
-    app = FastAPI()
-
-    @app.get("/readyz")
-    async def readyz() -> dict:
-        return {"status": "ok", "scorers": ["mean"]}
-
-    @app.get("/v1/scorers")
-    async def scorers() -> dict:
-        return ScorerList(scorers=[ScorerInfo(name="mean", version="1")]).model_dump()
-
-    @app.post("/v1/score")
-    async def score(req: ScoreRequest) -> dict:
-        scores = [float(np.asarray(decode_image(it.image)).mean() / 255) for it in req.items]
-        counts.update(item.id for item in req.items)
-        return ScoreResponse(scorer=req.scorer, version="1", scores=scores).model_dump()
-
-    return app
 
 
 def solid_images(values: list[int], size: int = 4) -> np.ndarray:
@@ -133,7 +75,7 @@ def score_ok(request: httpx.Request) -> httpx.Response:
 
 def test_requests_wait_out_an_outage_and_every_item_is_scored_once(caplog) -> None:
     counts: Counter[str] = Counter()
-    server = LoopbackServer(lambda: counting_app(counts)).start()
+    server = LoopbackServer(lambda: mean_scorer_app(counts.update)).start()
     ep = RewardEndpoint(url=server.url, scorer="mean", max_retries=1)
     client = RewardClient(
         [ep],
