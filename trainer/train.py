@@ -39,8 +39,7 @@ from trainer.stat_tracker import PerPromptStatTracker
 log = logging.getLogger(__name__)
 
 _DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-#: PPO statistics averaged over ranks, and those whose largest value over ranks is logged.
-_MEAN_STATS = ("loss", "approx_kl", "clipfrac", "ratio_mean", "kl_to_reference")
+#: PPO statistics whose largest value over ranks is logged; every other one is averaged.
 _MAX_STATS = ("log_ratio_abs_max", "old_log_prob_drift")
 
 
@@ -201,10 +200,10 @@ def update(run: Run, epoch: int, trajs: Trajectories, adv: torch.Tensor) -> dict
 
 
 def global_stats(accelerator: Accelerator, stats: dict[str, float]) -> dict[str, float]:
-    """Means over ranks for averages; the largest value over ranks for maxima."""
+    """The largest value over ranks for maxima, the mean over ranks for everything else."""
     out: dict[str, float] = {}
     device = accelerator.device
-    means = [k for k in _MEAN_STATS if k in stats]
+    means = [k for k in stats if k not in _MAX_STATS]
     if means:
         local = torch.tensor([stats[k] for k in means], dtype=torch.float64, device=device)
         out.update(zip(means, accelerator.reduce(local, "mean").tolist(), strict=True))
