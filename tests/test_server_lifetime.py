@@ -110,10 +110,10 @@ def reaper() -> Iterator[Reaper]:
     r.close()
 
 
-def start_parent(mode: str, reaper: Reaper) -> tuple[subprocess.Popen, int, int]:
-    """The parent in a session of its own (like a shell job), its child's pid and port."""
+def spawn_in_own_session(args: list[str], reaper: Reaper) -> subprocess.Popen:
+    """A process in a session of its own (like a shell job), output as text; reaped at the end."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", PARENT, mode],
+        args,
         cwd=ROOT,
         env=ENV,
         stdout=subprocess.PIPE,
@@ -123,6 +123,12 @@ def start_parent(mode: str, reaper: Reaper) -> tuple[subprocess.Popen, int, int]
     )
     reaper.procs.append(proc)
     assert proc.stdout is not None
+    return proc
+
+
+def start_parent(mode: str, reaper: Reaper) -> tuple[subprocess.Popen, int, int]:
+    """The parent in a session of its own (like a shell job), its child's pid and port."""
+    proc = spawn_in_own_session([sys.executable, "-c", PARENT, mode], reaper)
     seen = ""
     for line in proc.stdout:
         seen += line
@@ -183,17 +189,8 @@ def test_crashed_parent_that_never_stopped_its_child(reaper: Reaper) -> None:
 @pytest.mark.slow
 def test_demo_cli_on_sigterm_exits_and_stops_its_server(tmp_path: Path, reaper: Reaper) -> None:
     """`timeout`, `docker stop`, systemd and CI runners stop `ddpo demo` with SIGTERM."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ddpo.cli", "demo", "--output", str(tmp_path / "demo")],
-        cwd=ROOT,
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    reaper.procs.append(proc)
-    assert proc.stdout is not None
+    args = [sys.executable, "-m", "ddpo.cli", "demo", "--output", str(tmp_path / "demo")]
+    proc = spawn_in_own_session(args, reaper)
     seen = ""
     match = None
     for line in proc.stdout:
