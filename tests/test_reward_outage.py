@@ -46,6 +46,17 @@ LOGGER = "trainer.reward_client"
 # -- helpers ---------------------------------------------------------------------------
 
 
+def mock_client(ep: RewardEndpoint, handler: Callable, **options: Any) -> RewardClient:
+    """A client over httpx's MockTransport that retries fast."""
+    return RewardClient(
+        [ep],
+        transport=httpx.MockTransport(handler),
+        backoff_base_s=0.01,
+        backoff_max_s=0.02,
+        **options,
+    )
+
+
 def wait_for(cond: Callable[[], object], what: str, limit_s: float = 60.0) -> None:
     """Poll until cond() is true; the limit only keeps a broken run from hanging."""
     give_up = time.monotonic() + limit_s
@@ -146,14 +157,7 @@ def test_reset_and_not_ready_answers_are_waited_out_chunk_by_chunk() -> None:
         return score_ok(request)
 
     ep = RewardEndpoint(url="http://reward.test", scorer="mock", mode="sync", max_retries=1)
-    with RewardClient(
-        [ep],
-        transport=httpx.MockTransport(handler),
-        max_items_per_request=2,
-        backoff_base_s=0.01,
-        backoff_max_s=0.02,
-        outage_probe_s=0.01,
-    ) as client:
+    with mock_client(ep, handler, max_items_per_request=2, outage_probe_s=0.01) as client:
         res = client.submit(solid_images([1] * 5), ["p"] * 5, ids=list("abcde")).result()
     assert res.rewards.tolist() == [0.5] * 5
     assert scored == Counter("abcde")  # three chunks, each answered once
@@ -166,13 +170,7 @@ def test_an_outage_past_the_budget_names_the_endpoint() -> None:
     ep = RewardEndpoint(
         url="http://reward.test", scorer="mock", mode="sync", max_retries=1, outage_budget_s=0.5
     )
-    with RewardClient(
-        [ep],
-        transport=httpx.MockTransport(handler),
-        backoff_base_s=0.01,
-        backoff_max_s=0.02,
-        outage_probe_s=0.05,
-    ) as client:
+    with mock_client(ep, handler, outage_probe_s=0.05) as client:
         futures = [client.submit(solid_images([1]), ["p"]) for _ in range(3)]
         with pytest.raises(RewardError) as err:
             gather_results(futures)
@@ -203,9 +201,7 @@ def test_failures_that_are_no_outage_fail_as_before(answer: int, ready: int, mes
 
     ep = RewardEndpoint(url="http://reward.test", scorer="mock", mode="sync", max_retries=1)
     with (
-        RewardClient(
-            [ep], transport=httpx.MockTransport(handler), backoff_base_s=0.01, backoff_max_s=0.02
-        ) as client,
+        mock_client(ep, handler) as client,
         pytest.raises(RewardError, match=message),
     ):
         client.submit(solid_images([1]), ["p"]).result()
@@ -228,13 +224,7 @@ def test_replicas_fail_over_at_once_and_an_endpoint_is_down_only_when_all_are() 
     ep = RewardEndpoint(
         url=["http://a.test", "http://b.test"], scorer="mock", mode="sync", max_retries=0
     )
-    with RewardClient(
-        [ep],
-        transport=httpx.MockTransport(handler),
-        backoff_base_s=0.01,
-        backoff_max_s=0.02,
-        outage_probe_s=0.05,
-    ) as client:
+    with mock_client(ep, handler, outage_probe_s=0.05) as client:
         for _ in range(3):  # a refuses: b takes it at once, no retry, no outage
             assert client.submit(solid_images([1]), ["p"]).result().rewards.tolist() == [0.5]
         assert hits["b.test/v1/score"] == 3 and hits["a.test/readyz"] == 0
@@ -258,9 +248,7 @@ def test_outage_budget_zero_keeps_the_old_fail_fast() -> None:
         url="http://reward.test", scorer="mock", mode="sync", max_retries=2, outage_budget_s=0
     )
     with (
-        RewardClient(
-            [ep], transport=httpx.MockTransport(handler), backoff_base_s=0.01, backoff_max_s=0.02
-        ) as client,
+        mock_client(ep, handler) as client,
         pytest.raises(RewardError, match="failed after 3 attempts: ConnectError"),
     ):
         client.submit(solid_images([1]), ["p"]).result()
