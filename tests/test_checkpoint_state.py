@@ -30,6 +30,19 @@ def _state() -> ResumeState:
     return ResumeState(epoch=1, global_step=4, stat_tracker={}, family="sd", use_lora=False)
 
 
+def _save(directory, module: torch.nn.Module, opt: torch.optim.Optimizer, **extra):
+    """A full-weights checkpoint of `module` at epoch 1, with `extra` (rng_states, scaler, ema)."""
+    return save_checkpoint(
+        directory,
+        pipeline_cls=_Pipeline,
+        unet=module,
+        optimizer=opt,
+        state=_state(),
+        keep=2,
+        **extra,
+    )
+
+
 def test_each_rank_resumes_its_own_random_streams(tmp_path):
     states, expected = [], []
     for seed in (1, 2):  # what rank 0 and rank 1 would hold
@@ -40,15 +53,7 @@ def test_each_rank_resumes_its_own_random_streams(tmp_path):
         expected.append(_draws())
     module = _Module()
     opt = torch.optim.AdamW(module.parameters())
-    ckpt = save_checkpoint(
-        tmp_path,
-        pipeline_cls=_Pipeline,
-        unet=module,
-        optimizer=opt,
-        state=_state(),
-        keep=2,
-        rng_states=states,
-    )
+    ckpt = _save(tmp_path, module, opt, rng_states=states)
     for rank in (1, 0):
         torch.manual_seed(99)
         load_checkpoint(ckpt, module, opt, rank=rank, world_size=2)
@@ -61,15 +66,7 @@ def test_fp16_loss_scale_survives_a_resume(tmp_path):
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
     scaler.scale(module.w.sum())  # the scaler's state exists from its first use
     scaler.update(new_scale=37.0)  # as after some overflow-driven backoffs
-    ckpt = save_checkpoint(
-        tmp_path,
-        pipeline_cls=_Pipeline,
-        unet=module,
-        optimizer=opt,
-        state=_state(),
-        keep=1,
-        scaler=scaler,
-    )
+    ckpt = _save(tmp_path, module, opt, scaler=scaler)
     fresh = torch.amp.GradScaler("cpu", init_scale=2.0**16)
     state = load_checkpoint(ckpt, module, opt, scaler=fresh)
     assert state.global_step == 4

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from tests.test_checkpoint_state import _Module, _Pipeline, _state
-from trainer.checkpoint import load_checkpoint, save_checkpoint
+from tests.test_checkpoint_state import _Module, _save
+from trainer.checkpoint import load_checkpoint
 from trainer.ema import EMA
 
 
@@ -35,12 +35,11 @@ def test_checkpoint_keeps_the_average_for_resume(tmp_path):
         module.w.mul_(3.0)
     ema.update()  # shadow 2.0
     opt = torch.optim.AdamW(module.parameters())
-    kwargs = dict(pipeline_cls=_Pipeline, optimizer=opt, state=_state(), keep=1)
-    ckpt = save_checkpoint(tmp_path, unet=module, ema=ema, **kwargs)
+    ckpt = _save(tmp_path, module, opt, ema=ema)
     torch.testing.assert_close(module.w.detach(), torch.full((3,), 3.0))  # live weights back
     fresh = EMA(list(module.named_parameters()), decay=0.5)
     load_checkpoint(ckpt, module, opt, ema=fresh)
     torch.testing.assert_close(fresh.shadow["w"], torch.full((3,), 2.0))
-    plain = save_checkpoint(tmp_path / "plain", unet=module, **kwargs)
+    plain = _save(tmp_path / "plain", module, opt)
     with pytest.raises(ValueError, match="without ema_decay"):
         load_checkpoint(plain, module, opt, ema=fresh)
