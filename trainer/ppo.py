@@ -254,6 +254,8 @@ def ppo_update(
     for batches in plans:
         for train_batch in batches:
             batch = trajs.select(train_batch[0].idx.cpu())
+            # A frozen reference kept on the CPU reads its own copy, made once per batch.
+            ref_batch = batch.to(reference.device) if reference is not None else None
             batch_adv = advantages[train_batch[0].idx]
             batch_old = old_log_probs[train_batch[0].idx]
             for p in train_batch:
@@ -262,7 +264,7 @@ def ppo_update(
                     ref_mean = None
                     if reference is not None and cfg.train_kl_coef > 0:
                         ref_mean = reference_step_mean(
-                            family, reference, batch, p, cfg, train_uncond
+                            family, reference, ref_batch, p, cfg, train_uncond
                         )
                     dist = step_distribution(
                         family,
@@ -316,10 +318,12 @@ def reference_step_mean(
     cfg: TrainConfig,
     uncond: PromptEmbeds | None,
 ) -> torch.Tensor:
-    """The reference model's step means for the entries of pass `p`, on the family's device."""
+    """The reference model's step means for the entries of pass `p`, on the family's device.
+
+    `batch` is on the reference's device already.
+    """
     device = reference.device
     if device != family.device:  # a frozen copy kept on the CPU
-        batch = batch.to(device)
         uncond = {k: v.to(device) for k, v in uncond.items()} if uncond is not None else None
         p = TrainPass(p.idx.to(device), p.rows.to(device), p.cols.to(device))
     on_cpu = device.type == "cpu" and family.dtype != torch.float32
