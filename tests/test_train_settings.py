@@ -91,5 +91,6 @@ def test_single_process_statistics_pass_through():
 
     from trainer.train import global_stats
 
-    stats = global_stats(Accelerator(cpu=True), {"loss": 0.25, "old_log_prob_drift": 1e-3})
-    assert stats == pytest.approx({"loss": 0.25, "old_log_prob_drift": 1e-3})
+    local = {"loss": 0.25, "old_log_prob_drift": 1e-3, "a_new_statistic": 2.0}
+    stats = global_stats(Accelerator(cpu=True), local)
+    assert stats == pytest.approx(local)  # one not named anywhere is kept (averaged), not dropped
