@@ -22,7 +22,7 @@ from typing import Any
 
 from PIL import Image
 
-from reward_server.scorers.base import Scorer, ScorerNotReady
+from reward_server.scorers.base import Scorer, ScorerNotReady, ScorerUpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -249,8 +249,8 @@ class DynamicBatcher:
     ) -> tuple[list[float], Details]:
         try:
             scores, details = self.scorer.score(images, prompts)
-        except ScorerNotReady:
-            raise  # an operator's to-do (answered 503), not a bug: no traceback in the log
+        except (ScorerNotReady, ScorerUpstreamError):
+            raise  # an operator's to-do (answered 503/502/504), not a bug: no traceback
         except Exception as exc:
             log.exception("scorer %s failed on a batch of %d", self.name, len(images))
             raise ScorerFailed(f"scorer {self.name!r} failed: {type(exc).__name__}: {exc}") from exc

@@ -1,7 +1,8 @@
-"""CLIP image embeddings: preprocessing, model lookup and a batched embedder.
+"""CLIP image embeddings: model lookup and a batched embedder.
 
 Shared by the aesthetic scorer, the `reward_head` scorer and `ddpo fit-reward`,
-so a head is fitted on exactly the embeddings it later scores. A CLIP spec is a
+so a head is fitted on exactly the embeddings it later scores. Preprocessing is
+the checkpoint's own (reward_server/clip_preprocess.py). A CLIP spec is a
 hub id or a local directory; nothing is downloaded unless asked (the servers and
 the fitting command usually run offline). `transformers` is imported only when
 a model is loaded. No fastapi here: the trainer's CLI imports this module.
@@ -12,58 +13,33 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
-from reward_server.scorers.base import ScorerUnavailable
+from reward_server.clip_preprocess import ClipPreprocess, ClipUnavailable, load_clip_preprocess
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+__all__ = [
+    "ClipEmbedder",
+    "ClipPreprocess",
+    "ClipUnavailable",
+    "load_clip_vision",
+    "resolve_clip_spec",
+]
 
 
-class ClipUnavailable(ScorerUnavailable):
-    """The CLIP model is not at hand (not cached, not a directory, incomplete weights)."""
+def resolve_clip_spec(spec: str, models_dir: Path | None, marker: str = "config.json") -> str:
+    """A local directory when there is one (as given, or under models_dir), else the hub id.
 
-
-class ClipPreprocess:
-    """CLIPImageProcessor's transform in plain PIL + torch (no torchvision needed).
-
-    Resize the shortest side to `size` (bicubic), center-crop `size`x`size`,
-    scale to [0, 1], normalise with the CLIP mean and std.
+    Under models_dir a directory counts when it holds `marker` (a processor-only
+    copy has preprocessor_config.json but no config.json).
     """
-
-    def __init__(self, size: int = 224) -> None:
-        self.size = size
-        self.mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-        self.std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-
-    def _resize_crop(self, image: Image.Image) -> np.ndarray:
-        image = image.convert("RGB")
-        width, height = image.size
-        short, long = min(width, height), max(width, height)
-        new_long = int(self.size * long / short)
-        new_w, new_h = (self.size, new_long) if width <= height else (new_long, self.size)
-        image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
-        left, top = (new_w - self.size) // 2, (new_h - self.size) // 2
-        image = image.crop((left, top, left + self.size, top + self.size))
-        return np.asarray(image, dtype=np.uint8)
-
-    def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        batch = np.stack([self._resize_crop(img) for img in images])
-        pixels = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
-        return (pixels - self.mean) / self.std
-
-
-def resolve_clip_spec(spec: str, models_dir: Path | None) -> str:
-    """A local directory when there is one (as given, or under models_dir), else the hub id."""
     path = Path(spec).expanduser()
     if path.is_dir():
         return str(path)
     if models_dir is not None:
         for candidate in (models_dir / spec, models_dir / path.name):
-            if (candidate / "config.json").is_file():
+            if (candidate / marker).is_file():
                 return str(candidate)
     return spec
 
@@ -123,7 +99,10 @@ class ClipEmbedder:
     def load(
         cls, spec: str, *, allow_download: bool = False, device: str = "cpu", batch_size: int = 32
     ) -> ClipEmbedder:
-        return cls(load_clip_vision(spec, allow_download), spec, device, batch_size)
+        """The vision tower and the checkpoint's own preprocessing (see clip_preprocess)."""
+        vision = load_clip_vision(spec, allow_download)
+        preprocess = load_clip_preprocess(spec, int(vision.config.image_size), allow_download)
+        return cls(vision, spec, device, batch_size, preprocess)
 
     def embed_batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """One forward pass; the caller keeps the batch small enough for the device."""

@@ -11,7 +11,7 @@ import hmac
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.protocol import MAX_ITEMS_PER_REQUEST, MAX_PIXELS_PER_IMAGE
@@ -101,6 +101,50 @@ class ServerSettings(BaseSettings):
         LAION_AESTHETIC_HEAD,
         description="Local file (.pth/.safetensors) or `owner/repo/path/in/repo` on the hub.",
     )
+
+    # -- text-image scorers (`pickscore`, `clip_score`) --
+    pickscore_model: str = Field(
+        "yuvalkirstain/PickScore_v1", description="Hub id or local directory of PickScore's CLIP."
+    )
+    pickscore_processor: str = Field(
+        "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+        description="Hub id or local directory of the tokenizer and preprocessor config "
+        "PickScore was trained with (its model repo ships none).",
+    )
+    clip_score_model: str = Field(
+        "openai/clip-vit-large-patch14",
+        description="Hub id or local directory of the CLIP model (with tokenizer and "
+        "preprocessor config) for `clip_score`.",
+    )
+
+    # -- vision-language judge (scorer `vlm_judge`) --
+    vlm_judge_url: str | None = Field(
+        None,
+        description="Base URL of an OpenAI-compatible API (vLLM, SGLang), e.g. "
+        "http://127.0.0.1:8001/v1; the scorer loads only when it is set.",
+    )
+    vlm_judge_model: str = Field(
+        "Qwen/Qwen2.5-VL-7B-Instruct", description="Model name the endpoint serves."
+    )
+    vlm_judge_api_key: SecretStr | None = Field(
+        None, description="Sent as `Authorization: Bearer KEY` to the judge endpoint."
+    )
+    vlm_judge_question: str = Field(
+        'Does this figure show "{prompt}"? Please answer yes or no.',
+        description="The question asked with each image; `{prompt}` is replaced by its prompt.",
+    )
+    vlm_judge_score: Literal["p_yes", "yes_vs_no"] = Field(
+        "p_yes",
+        description="p_yes: the probability of answering yes (VQAScore); yes_vs_no: "
+        "P(yes) / (P(yes) + P(no)), which ignores probability spent on other first tokens.",
+    )
+    vlm_judge_top_logprobs: int = Field(
+        20, ge=1, le=20, description="Alternatives asked for the first answer token."
+    )
+    vlm_judge_concurrency: int = Field(
+        8, ge=1, le=256, description="Requests in flight to the judge endpoint at once."
+    )
+    vlm_judge_timeout_s: float = Field(60.0, gt=0, description="Per-request timeout.")
 
     # -- human rating queue (scorers `human`, `human_pairwise`) --
     data_dir: Path = Field(

@@ -7,10 +7,16 @@ from starlette.concurrency import run_in_threadpool
 
 from reward_server.auth import require_api_key
 from reward_server.batching import BatcherClosed, ScorerFailed
-from reward_server.problems import NOT_READY, SCORER_FAILED, ProblemError, problem_responses
+from reward_server.problems import (
+    NOT_READY,
+    SCORER_FAILED,
+    UPSTREAM_FAILED,
+    ProblemError,
+    problem_responses,
+)
 from reward_server.runtime import Runtime
 from reward_server.score_request import decode_items, parse_score_request, require_json
-from reward_server.scorers.base import ScorerNotReady
+from reward_server.scorers.base import ScorerNotReady, ScorerUpstreamError
 from shared.protocol import PROTOCOL_VERSION, ScoreResponse, ScorerInfo, ScorerList
 
 router = APIRouter(prefix=f"/{PROTOCOL_VERSION}", dependencies=[Depends(require_api_key)])
@@ -32,7 +38,7 @@ async def list_scorers(runtime: Runtime) -> ScorerList:
     "/score",
     response_model=ScoreResponse,
     response_model_exclude_none=False,
-    responses=problem_responses(400, 401, 413, 415, 422, 500, 503),
+    responses=problem_responses(400, 401, 413, 415, 422, 500, 502, 503, 504),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -57,6 +63,8 @@ async def score(request: Request, runtime: Runtime) -> ScoreResponse:
         scored = await batcher.submit_versioned(images, [item.prompt for item in body.items])
     except (BatcherClosed, ScorerNotReady) as exc:
         raise ProblemError(503, str(exc), NOT_READY) from None
+    except ScorerUpstreamError as exc:
+        raise ProblemError(exc.status, str(exc), UPSTREAM_FAILED) from None
     except ScorerFailed as exc:
         raise ProblemError(500, str(exc), SCORER_FAILED) from None
     finally:

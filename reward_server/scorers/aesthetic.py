@@ -6,7 +6,8 @@ embedding (vision tower + projection) is L2-normalised and fed to the LAION
 first (a path, then `models_dir`, then the Hugging Face cache); nothing is
 downloaded unless `allow_download` is set. `transformers` is imported only when
 the scorer is built, so servers without it (or without this scorer) start fast.
-The CLIP side (preprocessing, lookup, embedding) is reward_server/clip_embedding.py,
+The CLIP side (lookup, embedding, and preprocessing from the checkpoint's own
+preprocessor config) is reward_server/clip_embedding.py and clip_preprocess.py,
 shared with the `reward_head` scorer; its names are re-exported here.
 """
 
@@ -24,13 +25,12 @@ from PIL import Image
 from torch import nn
 
 from reward_server.clip_embedding import (
-    CLIP_MEAN,
-    CLIP_STD,
     ClipEmbedder,
     ClipPreprocess,
     load_clip_vision,
     resolve_clip_spec,
 )
+from reward_server.clip_preprocess import load_clip_preprocess
 from reward_server.scorers.base import Scorer, ScorerUnavailable
 from reward_server.settings import LAION_AESTHETIC_HEAD, TRL_AESTHETIC_HEAD
 
@@ -210,13 +210,20 @@ def build(settings: ServerSettings) -> AestheticScorer:
             f"CLIP model {clip_spec!r} projects to {config.projection_dim} dims; "
             f"the aesthetic head needs {EMBED_DIM} (ViT-L/14)"
         )
+    preprocess = load_clip_preprocess(clip_spec, config.image_size, settings.allow_download)
     device = settings.resolve_device()
     version = f"{Path(clip_spec).name}+head-{file_digest(head_path)[:12]}"
-    log.info("aesthetic scorer: CLIP %s, head %s, device %s", clip_spec, head_path, device)
+    log.info(
+        "aesthetic scorer: CLIP %s (preprocessing: %s), head %s, device %s",
+        clip_spec,
+        preprocess.source,
+        head_path,
+        device,
+    )
     return AestheticScorer(
         vision,
         head,
-        ClipPreprocess(config.image_size),
+        preprocess,
         device=device,
         version=version,
         max_batch_size=64 if device == "cuda" else 16,
@@ -224,8 +231,6 @@ def build(settings: ServerSettings) -> AestheticScorer:
 
 
 __all__ = [
-    "CLIP_MEAN",
-    "CLIP_STD",
     "EMBED_DIM",
     "AestheticHead",
     "AestheticScorer",

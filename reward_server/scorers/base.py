@@ -19,6 +19,18 @@ class ScorerNotReady(RuntimeError):
     """
 
 
+class ScorerUpstreamError(RuntimeError):
+    """Raised by `score`: a service the scorer relies on (a VLM judge's API) failed.
+
+    Not this server's bug: answered as 502 (the service errored, was unreachable or
+    answered nonsense) or 504 (it timed out), with this message, instead of 500.
+    """
+
+    def __init__(self, message: str, status: Literal[502, 504] = 502) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class Scorer(ABC):
     """Scores a batch of decoded RGB images with their prompts.
 

@@ -153,6 +153,11 @@ def default_registry() -> ScorerRegistry:
     registry.register_rating_scorer(
         "human_pairwise", module_factory("reward_server.scorers.human", "build_pairwise")
     )
+    # Text-image rewards: built when named, or by default when their weights are cached.
+    registry.register("pickscore", module_factory("reward_server.scorers.pickscore"))
+    registry.register("clip_score", module_factory("reward_server.scorers.clip_score"))
+    # A VLM behind an OpenAI-compatible API: built when DDPO_VLM_JUDGE_URL names one.
+    registry.register("vlm_judge", module_factory("reward_server.scorers.vlm_judge"))
     # Needs a head from `ddpo fit-reward` (and its CLIP model): only when asked for by name.
     registry.register(
         "reward_head", module_factory("reward_server.scorers.reward_head"), default=False
