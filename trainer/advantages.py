@@ -7,15 +7,23 @@ no history and gives every prompt an unbiased baseline from the first epoch
 with earlier samples of its prompt (DDPO's choice; it needs ~16 rewards per
 prompt before it leaves the batch fallback). Batch normalisation treats all
 prompts as one, fine for a single prompt or prompts of like difficulty.
+
+With several rewards, `reward_aggregation = "sum"` takes the advantage of their
+weighted sum; "advantages" takes each reward's advantage by the same rule
+(its own groups, its own per-prompt tracker, its own batch statistics) and
+sums those by weight, so a reward on a wide scale (PickScore ~20) cannot drown
+one on a narrow scale (a 0-1 judge) and every reward pulls with its weight.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
 from trainer.config import TrainConfig
+from trainer.reward_client.endpoints import scorer_keys
 from trainer.stat_tracker import EPS, PerPromptStatTracker, normalize_global
 
 
@@ -69,3 +77,64 @@ def advantages(
     else:
         adv[ok] = normalize_global(rewards[ok])
     return adv
+
+
+class RewardStatTrackers(PerPromptStatTracker):
+    """The tracker of the combined reward, plus one per reward for `reward_aggregation =
+    "advantages"`; all of them are saved in (and restored from) one state dict.
+    """
+
+    def __init__(self, buffer_size: int, min_count: int) -> None:
+        super().__init__(buffer_size, min_count)
+        self.per_reward: dict[str, PerPromptStatTracker] = {}
+
+    def for_reward(self, key: str) -> PerPromptStatTracker:
+        tracker = self.per_reward.get(key)
+        if tracker is None:
+            tracker = self.per_reward[key] = PerPromptStatTracker(self.buffer_size, self.min_count)
+        return tracker
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self.per_reward:
+            state["per_reward"] = {k: t.state_dict() for k, t in self.per_reward.items()}
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """A checkpoint from before per-reward tracking restores the combined tracker only."""
+        super().load_state_dict(state)
+        self.per_reward = {}
+        for key, saved in (state.get("per_reward") or {}).items():
+            self.for_reward(key).load_state_dict(saved)
+
+
+def epoch_advantages_by_reward(
+    cfg: TrainConfig,
+    tracker: PerPromptStatTracker,
+    prompts: Sequence[str],
+    rewards: np.ndarray,
+    per_scorer: Mapping[str, np.ndarray],
+    groups: np.ndarray | None = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The advantages to train on, and (with "advantages" aggregation) each reward's own.
+
+    "sum": `advantages` of the combined (weighted-sum) reward; no per-reward ones.
+    "advantages": sum over rewards of weight x that reward's advantage. A sample
+    whose combined reward is NaN (some reward dropped it) gets 0 from every reward
+    and is left out of every reward's statistics, exactly as in "sum".
+    """
+    if cfg.reward_aggregation == "sum":
+        return advantages(cfg, tracker, list(prompts), rewards, groups), {}
+    if not isinstance(tracker, RewardStatTrackers):
+        raise TypeError("reward_aggregation = 'advantages' needs a RewardStatTrackers")
+    weights = dict(zip(scorer_keys(cfg.rewards), (ep.weight for ep in cfg.rewards), strict=True))
+    if set(per_scorer) != set(weights):
+        raise ValueError(f"rewards for {sorted(per_scorer)}, weights for {sorted(weights)}")
+    valid = np.isfinite(np.asarray(rewards, dtype=np.float64))
+    combined = np.zeros(len(rewards), dtype=np.float64)
+    each: dict[str, np.ndarray] = {}
+    for key, weight in weights.items():
+        r = np.where(valid, np.asarray(per_scorer[key], dtype=np.float64), np.nan)
+        each[key] = advantages(cfg, tracker.for_reward(key), list(prompts), r, groups)
+        combined += weight * each[key]
+    return combined.astype(np.float32), each

@@ -253,6 +253,13 @@ class TrainConfig(BaseModel):
         default_factory=list,
         description="Reward endpoints ([[rewards]] tables); the reward is their weighted sum.",
     )
+    reward_aggregation: Literal["sum", "advantages"] = Field(
+        "sum",
+        description="With several rewards: sum: advantages of the weighted sum of rewards. "
+        "advantages: each reward's advantages separately (same rule: groups, its own "
+        "per-prompt tracker, or batch), then their weighted sum, so rewards on different "
+        "scales pull by their weights alone.",
+    )
     reward_epoch_deadline_s: float = Field(
         600.0,
         gt=0,

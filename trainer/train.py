@@ -15,7 +15,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from trainer.advantages import advantages
+from trainer.advantages import RewardStatTrackers, epoch_advantages_by_reward
 from trainer.checkpoint import (
     ResumeState,
     latest_checkpoint,
@@ -157,17 +157,19 @@ def epoch_advantages(
     all_rewards = acc.gather(torch.as_tensor(rewards.rewards, device=acc.device)).cpu().numpy()
     all_ids = acc.gather(trajs.prompt_ids.to(acc.device)).cpu().numpy()
     groups = group_ids(run.cfg, 0, len(all_rewards))
-    adv = advantages(run.cfg, run.tracker, [run.prompts[i] for i in all_ids], all_rewards, groups)
+    per_scorer = {
+        name: acc.gather(torch.as_tensor(v, device=acc.device)).cpu().numpy()
+        for name, v in sorted(rewards.per_scorer.items())
+    }
+    adv, per_reward_adv = epoch_advantages_by_reward(
+        run.cfg, run.tracker, [run.prompts[i] for i in all_ids], all_rewards, per_scorer, groups
+    )
     adv_local = torch.as_tensor(adv, dtype=torch.float32).reshape(acc.num_processes, -1)[run.rank]
     counts = torch.tensor(
         [rewards.num_rated, rewards.num_dropped, rewards.num_filled], device=acc.device
     )
     num_rated, num_dropped, num_filled = acc.reduce(counts, "sum").tolist()
     scored = all_rewards[np.isfinite(all_rewards)]
-    per_scorer = {
-        name: acc.gather(torch.as_tensor(v, device=acc.device)).cpu().numpy()
-        for name, v in sorted(rewards.per_scorer.items())
-    }
     figures = {
         "reward_mean": float(scored.mean()) if scored.size else float("nan"),
         "reward_std": float(scored.std()) if scored.size else float("nan"),
@@ -176,6 +178,9 @@ def epoch_advantages(
         "num_filled": int(num_filled),
         "num_rated": int(num_rated),
         **{f"reward_{k}_mean": float(np.nanmean(v)) for k, v in per_scorer.items()},
+        **{f"reward_{k}_std": float(np.nanstd(v)) for k, v in per_scorer.items()},
+        # How hard each reward pulls (before its weight): 0 where its groups are all ties.
+        **{f"advantage_{k}_abs_mean": float(np.abs(a).mean()) for k, a in per_reward_adv.items()},
     }
     return adv_local, figures
 
@@ -298,7 +303,7 @@ def setup_run(cfg: TrainConfig, accelerator: Accelerator, client: RewardClient) 
         unet=unet,
         optimizer=optimizer,
         client=client,
-        tracker=PerPromptStatTracker(
+        tracker=RewardStatTrackers(
             cfg.per_prompt_stat_tracking_buffer_size, cfg.per_prompt_stat_tracking_min_count
         ),
         prompts=cfg.prompt_list(),
