@@ -49,12 +49,14 @@ def save_checkpoint(
     scaler: torch.amp.GradScaler | None = None,
     rng_states: list[RngState] | None = None,
     ema: EMA | None = None,
+    denoiser_name: str = "unet",
 ) -> Path:
     """Write checkpoints/epoch_NNNN/ atomically (tmp dir then rename) and prune old ones.
 
     `rng_states` holds every rank's generators (default: this process's alone);
     `scaler` is fp16's loss scaler, whose scale a resume must not reset. With
-    `ema` the user-facing weights (lora/ or unet/) are the moving average.
+    `ema` the user-facing weights (lora/ or `denoiser_name`/: unet/ or transformer/) are the
+    moving average.
     """
     root = directory / "checkpoints"
     final = root / f"epoch_{state.epoch:04d}"
@@ -77,7 +79,7 @@ def save_checkpoint(
         if state.use_lora:
             save_lora(pipeline_cls, unet, tmp / "lora")
         else:
-            unet.save_pretrained(tmp / "unet", safe_serialization=True)
+            unet.save_pretrained(tmp / denoiser_name, safe_serialization=True)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     for old in sorted(root.glob("epoch_*"))[:-keep]:

@@ -142,7 +142,29 @@ class TrainConfig(BaseModel):
     # sampling
     sample_num_steps: int = Field(50, ge=1, description="DDIM steps per sample.")
     sample_eta: float = Field(
-        1.0, gt=0, description="DDIM eta; must be > 0 so that each step has a log-probability."
+        1.0,
+        gt=0,
+        description="Noise of each stochastic step, > 0 so that it has a log-probability: DDIM "
+        "eta for SD/SDXL; Flow-GRPO's SDE noise level a for SD3/FLUX (it uses 0.7 and 0.9).",
+    )
+    sample_sde_window_size: int = Field(
+        0,
+        ge=0,
+        description="k > 0: only k consecutive steps of each chain are stochastic, the others "
+        "deterministic (ODE / DDIM eta 0); only those k are stored and trained (Flow-GRPO-Fast, "
+        "MixGRPO). 0: every step is stochastic and trainable.",
+    )
+    sample_sde_window_range: tuple[int, int] | None = Field(
+        None,
+        description="Step indices [start, stop) the window lies in (Flow-GRPO-Fast: [0, "
+        "num_steps / 2]); None: the whole chain.",
+    )
+    sample_sde_window_shift_every: int = Field(
+        0,
+        ge=0,
+        description="0: the window's start is drawn per sampling batch, uniformly within the "
+        "range. n > 0: it slides one step later every n epochs, back to the range's start "
+        "after its end (MixGRPO's sliding window).",
     )
     sample_guidance_scale: float = Field(
         5.0, description="Classifier-free guidance scale (1 disables guidance)."
@@ -289,6 +311,13 @@ class TrainConfig(BaseModel):
                 f"train_batch_size {self.train_batch_size}); otherwise the last gradients would "
                 "leak into the next epoch's first step"
             )
+        if self.sample_sde_window_size:
+            lo, hi = self.sample_sde_window_range or (0, self.sample_num_steps)
+            if not 0 <= lo < hi <= self.sample_num_steps or hi - lo < self.sample_sde_window_size:
+                raise ValueError(
+                    f"sample_sde_window_size {self.sample_sde_window_size} does not fit "
+                    f"sample_sde_window_range [{lo}, {hi}) within {self.sample_num_steps} steps"
+                )
         if not self.train_cfg and self.sample_guidance_scale != 1.0:
             raise ValueError(
                 f"train_cfg = false with sample_guidance_scale = {self.sample_guidance_scale:g} "

@@ -1,7 +1,8 @@
-"""LoRA adapters on the UNet through peft, saved in the diffusers LoRA format."""
+"""LoRA adapters on the denoiser (UNet or transformer) through peft, in diffusers' LoRA format."""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
@@ -31,12 +32,18 @@ def add_lora(unet: torch.nn.Module, cfg: TrainConfig) -> None:
 
 
 def save_lora(pipeline_cls, unet: torch.nn.Module, directory: Path) -> Path:
-    """Write pytorch_lora_weights.safetensors, loadable by `pipeline.load_lora_weights`."""
+    """Write pytorch_lora_weights.safetensors, loadable by `pipeline.load_lora_weights`.
+
+    UNet pipelines take the diffusers-converted keys; SD3 and FLUX pipelines
+    take a transformer's peft keys as they are (as diffusers' own scripts save them).
+    """
     from diffusers.utils import convert_state_dict_to_diffusers
 
-    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    state = get_peft_model_state_dict(unet)
+    if "unet_lora_layers" in inspect.signature(pipeline_cls.save_lora_weights).parameters:
+        layers = {"unet_lora_layers": convert_state_dict_to_diffusers(state)}
+    else:
+        layers = {"transformer_lora_layers": state}
     directory.mkdir(parents=True, exist_ok=True)
-    pipeline_cls.save_lora_weights(
-        save_directory=str(directory), unet_lora_layers=state, safe_serialization=True
-    )
+    pipeline_cls.save_lora_weights(save_directory=str(directory), safe_serialization=True, **layers)
     return directory

@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from trainer.config import TrainConfig
-from trainer.ddim_logprob import ddim_step_mean_std, gaussian_log_prob
+from trainer.ddim_logprob import gaussian_log_prob
 from trainer.ema import EMA
 from trainer.families.base import DiffusionFamily, PromptEmbeds, expand_embeds
 from trainer.kl import ReferenceModel, gaussian_kl_same_std
@@ -84,8 +84,7 @@ def step_distribution(
     out = family.predict(
         unet, family.model_input(latents, timesteps), timesteps, cond, uncond, guidance_scale
     )
-    scheduler = family.pipeline.scheduler
-    mean, std = ddim_step_mean_std(scheduler, out.float(), timesteps, latents, eta=eta)
+    mean, std = family.step_mean_std(out.float(), timesteps, latents, eta)
     return StepDistribution(mean, std, batch.latents[rows, step_index + 1])
 
 
@@ -107,8 +106,12 @@ def recompute_log_prob(
 
 
 def trained_steps_per_sample(cfg: TrainConfig) -> int:
-    """Denoising steps of each trajectory that PPO trains on (`train_timestep_fraction`)."""
-    return max(1, int(cfg.sample_num_steps * cfg.train_timestep_fraction))
+    """Denoising steps of each trajectory that PPO trains on (`train_timestep_fraction`).
+
+    With an SDE window only its stochastic steps are stored, so only they are trained.
+    """
+    stochastic = cfg.sample_sde_window_size or cfg.sample_num_steps
+    return max(1, int(stochastic * cfg.train_timestep_fraction))
 
 
 def num_passes(cfg: TrainConfig) -> int:
@@ -223,8 +226,7 @@ def ppo_update(
     With `reference` and `train_kl_coef` > 0 the loss adds beta x the KL to the
     reference (`kl_to_reference`); `ema` is updated after every optimizer step.
     """
-    scheduler = family.pipeline.scheduler
-    scheduler.set_timesteps(cfg.sample_num_steps, device=family.device)
+    family.set_timesteps(cfg.sample_num_steps, tuple(trajs.latents.shape[2:]))
     n, steps = trajs.log_probs.shape
     kept = trained_steps_per_sample(cfg)
     passes = num_passes(cfg)

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from trainer.ddim_logprob import ddim_step_with_logprob
 from trainer.families.base import (
     DiffusionFamily,
     PromptEmbeds,
@@ -24,8 +23,10 @@ class Trajectories:
     prompts: list[str]
     prompt_ids: torch.Tensor  # (B,) index into the run's prompt list
     embeds: PromptEmbeds  # conditioning, (B, ...)
-    latents: torch.Tensor  # (B, T+1, C, H, W) float32: x_T ... x_0, exactly as log-probbed
-    log_probs: torch.Tensor  # (B, T) log-prob of each sampled step
+    # (B, T+1, C, H, W) float32: x_T ... x_0, exactly as log-probbed; with an SDE window
+    # of k steps only the window's k + 1 latents (T = k), the ODE steps around it being fixed.
+    latents: torch.Tensor
+    log_probs: torch.Tensor  # (B, T) log-prob of each sampled (stochastic) step
     timesteps: torch.Tensor  # (B, T)
     images: np.ndarray  # (B, H, W, 3) uint8
 
@@ -86,8 +87,12 @@ def sample_trajectories(
     eta: float,
     resolution: int,
     uncond: PromptEmbeds | None = None,
+    window: range | None = None,
 ) -> Trajectories:
-    """Run the DDIM chain for one batch, recording what PPO needs to re-score it.
+    """Run the family's chain for one batch, recording what PPO needs to re-score it.
+
+    Steps in `window` (default: all) are the family's stochastic step with a
+    log-prob; the others its deterministic step, not recorded (`trainer/sde_window.py`).
 
     Noise comes from one generator per sample, so a sample does not change with
     batch size or rank layout. The chain is kept in float32 whatever the weight
@@ -96,7 +101,9 @@ def sample_trajectories(
     """
     device = family.device
     scheduler = family.pipeline.scheduler
-    scheduler.set_timesteps(num_steps, device=device)
+    shape = family.latent_shape(resolution)
+    family.set_timesteps(num_steps, shape)
+    window = range(len(scheduler.timesteps)) if window is None else window
     batch = len(prompts)
     cond = family.encode_prompts(prompts, resolution)
     use_cfg = guidance_scale != 1.0
@@ -105,21 +112,25 @@ def sample_trajectories(
     uncond_b = expand_embeds(uncond, batch) if use_cfg else None
 
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-    shape = family.latent_shape(resolution)
     latents = torch.stack([torch.randn(shape, generator=g) for g in generators])
-    latents = (latents * scheduler.init_noise_sigma).to(device, torch.float32)
+    latents = family.initial_latents(latents).to(device, torch.float32)
 
-    all_latents = [latents]
+    all_latents = []
     all_log_probs = []
-    for t in scheduler.timesteps:
+    for i, t in enumerate(scheduler.timesteps):
+        if i == window.start:
+            all_latents.append(latents)
         t_batch = t.repeat(batch).to(device)
         model_in = family.model_input(latents, t_batch)
         output = family.predict(unet, model_in, t_batch, cond, uncond_b, guidance_scale)
-        latents, log_prob = ddim_step_with_logprob(
-            scheduler, output.float(), t_batch, latents, eta=eta, generator=generators
-        )
-        all_latents.append(latents)
-        all_log_probs.append(log_prob)
+        if i in window:
+            latents, log_prob = family.step_with_logprob(
+                output.float(), t_batch, latents, eta, generator=generators
+            )
+            all_latents.append(latents)
+            all_log_probs.append(log_prob)
+        else:
+            latents = family.deterministic_step(output.float(), t_batch, latents)
 
     images = family.decode(latents)
     return Trajectories(
@@ -128,6 +139,6 @@ def sample_trajectories(
         embeds=cond,
         latents=torch.stack(all_latents, dim=1),
         log_probs=torch.stack(all_log_probs, dim=1).float(),
-        timesteps=scheduler.timesteps.to(device).repeat(batch, 1),
+        timesteps=scheduler.timesteps[window.start : window.stop].to(device).repeat(batch, 1),
         images=images,
     )

@@ -34,6 +34,7 @@ from trainer.reward_client import RewardClient, RewardResult, gather_results
 from trainer.rng_state import gather_rng_states
 from trainer.run_log import RunLog
 from trainer.sampling import Trajectories, sample_seed, sample_trajectories
+from trainer.sde_window import sde_window
 from trainer.stat_tracker import PerPromptStatTracker
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,7 @@ def sample_epoch(run: Run, epoch: int) -> tuple[Trajectories, list]:
                 cfg.sample_eta,
                 run.resolution,
                 uncond=run.uncond,
+                window=sde_window(cfg, epoch, run.rank, b),
             )
         parts.append(traj)
         sample_ids = [f"e{epoch}-r{run.rank}-b{b}-{i}" for i in range(len(ids))]
@@ -229,6 +231,7 @@ def save_epoch_checkpoint(run: Run, epoch: int, global_step: int) -> None:
             run.output_dir,
             pipeline_cls=type(run.family.pipeline),
             unet=acc.unwrap_model(run.unet),
+            denoiser_name=run.family.denoiser_name,
             optimizer=run.optimizer.optimizer,
             scaler=acc.scaler,
             rng_states=rng_states,
@@ -273,7 +276,7 @@ def save_final_weights(run: Run) -> Path | None:
     with run.ema.swapped_in() if run.ema is not None else contextlib.nullcontext():
         if run.cfg.use_lora:
             return save_lora(type(run.family.pipeline), unet, run.output_dir / "lora")
-        final = run.output_dir / "unet"
+        final = run.output_dir / run.family.denoiser_name
         unet.save_pretrained(final, safe_serialization=True)
     return final
 

@@ -6,6 +6,9 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 import torch
+from diffusers import DDIMScheduler
+
+from trainer.ddim_logprob import ddim_step_mean_std, ddim_step_with_logprob
 
 #: Conditioning tensors of a batch, each with the batch dimension first, so a
 #: trajectory buffer can concatenate, index and shuffle them without knowing
@@ -27,33 +30,85 @@ def cat_embeds(parts: list[PromptEmbeds]) -> PromptEmbeds:
 
 
 class DiffusionFamily(ABC):
-    """A loaded pipeline seen through the three operations DDPO needs."""
+    """A loaded pipeline seen through the operations DDPO needs.
+
+    The family brings its denoiser (a UNet or a transformer) and its step: DDIM
+    with a log-prob here, Flow-GRPO's SDE in `trainer/families/flow_matching.py`.
+    """
 
     #: Short name shown in logs and saved with checkpoints ("sd", "sdxl").
     name: str = ""
+    #: The pipeline attribute holding the trained network, and the folder its weights go to.
+    denoiser_name: str = "unet"
 
     def __init__(self, pipeline, device: torch.device, dtype: torch.dtype) -> None:
         self.pipeline = pipeline
         self.device = device
         self.dtype = dtype
 
+    @staticmethod
+    def training_scheduler(pipeline):
+        """A DDIM scheduler from the pipeline's own config whose last step stays stochastic.
+
+        set_alpha_to_one=False keeps the final step's variance above zero, so every
+        step of the chain has a log-probability (SD 1.x ships this way already).
+        """
+        return DDIMScheduler.from_config(pipeline.scheduler.config, set_alpha_to_one=False)
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return getattr(self.pipeline, self.denoiser_name)
+
     @property
     def unet(self) -> torch.nn.Module:
-        return self.pipeline.unet
+        """The denoiser under its SD name (a transformer for the flow-matching families)."""
+        return self.denoiser
 
     @property
     def default_resolution(self) -> int:
-        unet_cfg = self.pipeline.unet.config
-        return int(unet_cfg.sample_size) * self.vae_scale_factor
+        return int(self.denoiser.config.sample_size) * self.vae_scale_factor
 
     @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.pipeline.vae.config.block_out_channels) - 1)
 
     def latent_shape(self, resolution: int) -> tuple[int, int, int]:
-        channels = int(self.pipeline.unet.config.in_channels)
+        channels = int(self.denoiser.config.in_channels)
         side = resolution // self.vae_scale_factor
         return channels, side, side
+
+    def set_timesteps(self, num_steps: int, latent_shape: tuple[int, ...]) -> None:
+        """The chain's timesteps; `latent_shape` (C, H, W) matters where the shift depends on it."""
+        self.pipeline.scheduler.set_timesteps(num_steps, device=self.device)
+
+    def initial_latents(self, noise: torch.Tensor) -> torch.Tensor:
+        return noise * self.pipeline.scheduler.init_noise_sigma
+
+    def step_mean_std(
+        self, model_output: torch.Tensor, timesteps: torch.Tensor, latents: torch.Tensor, eta: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Gaussian of one stochastic step; `eta` is the family's noise level (DDIM eta)."""
+        return ddim_step_mean_std(self.pipeline.scheduler, model_output, timesteps, latents, eta)
+
+    def step_with_logprob(
+        self,
+        model_output: torch.Tensor,
+        timesteps: torch.Tensor,
+        latents: torch.Tensor,
+        eta: float,
+        generator: list[torch.Generator] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        scheduler = self.pipeline.scheduler
+        return ddim_step_with_logprob(
+            scheduler, model_output, timesteps, latents, eta=eta, generator=generator
+        )
+
+    def deterministic_step(
+        self, model_output: torch.Tensor, timesteps: torch.Tensor, latents: torch.Tensor
+    ) -> torch.Tensor:
+        """The noise-free step used outside the SDE window (DDIM with eta = 0)."""
+        t = int(timesteps.reshape(-1)[0])
+        return self.pipeline.scheduler.step(model_output, t, latents, eta=0.0).prev_sample
 
     def token_ids(self, tokenizer, prompts: list[str]) -> torch.Tensor:
         """Padded, truncated CLIP token ids, as every SD-family text encoder expects."""

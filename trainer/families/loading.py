@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler, DiffusionPipeline
+from diffusers import DiffusionPipeline
 
 from trainer.families.base import DiffusionFamily
 
+#: Pipeline class name -> (module, family class) that handles it.
+FAMILIES: dict[str, tuple[str, str]] = {
+    "StableDiffusionPipeline": ("trainer.families.sd", "StableDiffusionFamily"),
+    "StableDiffusionXLPipeline": ("trainer.families.sdxl", "StableDiffusionXLFamily"),
+    "StableDiffusion3Pipeline": ("trainer.families.sd3", "StableDiffusion3Family"),
+    "FluxPipeline": ("trainer.families.flux", "FluxFamily"),
+}
 
-def ddpo_scheduler(pipeline) -> DDIMScheduler:
-    """A DDIM scheduler from the pipeline's own config whose last step stays stochastic.
 
-    set_alpha_to_one=False keeps the final step's variance above zero, so every
-    step of the chain has a log-probability (SD 1.x ships this way already).
-    """
-    return DDIMScheduler.from_config(pipeline.scheduler.config, set_alpha_to_one=False)
+def family_class(pipeline) -> type[DiffusionFamily]:
+    cls_name = type(pipeline).__name__
+    if cls_name not in FAMILIES:
+        raise ValueError(
+            f"pipeline class {cls_name} is not supported; supported: {', '.join(FAMILIES)}"
+        )
+    module, name = FAMILIES[cls_name]
+    return getattr(importlib.import_module(module), name)
+
+
+def ddpo_scheduler(pipeline):
+    """The scheduler the trainer steps with (the SD families: DDIM, last step stochastic)."""
+    return family_class(pipeline).training_scheduler(pipeline)
 
 
 def load_family(
@@ -30,30 +45,21 @@ def load_family(
     source = str(local) if local.exists() else pretrained
     kwargs = {"revision": revision} if revision else {}
     pipeline = DiffusionPipeline.from_pretrained(source, dtype=torch.float32, **kwargs)
-    cls_name = type(pipeline).__name__
-    if cls_name == "StableDiffusionXLPipeline":
-        from trainer.families.sdxl import StableDiffusionXLFamily
-
-        family_cls: type[DiffusionFamily] = StableDiffusionXLFamily
-    elif cls_name == "StableDiffusionPipeline":
-        from trainer.families.sd import StableDiffusionFamily
-
-        family_cls = StableDiffusionFamily
-    else:
-        raise ValueError(
-            f"{pretrained}: pipeline class {cls_name} is not supported; "
-            "supported: StableDiffusionPipeline (SD 1.x/2.x), StableDiffusionXLPipeline"
-        )
+    try:
+        family_cls = family_class(pipeline)
+    except ValueError as exc:
+        raise ValueError(f"{pretrained}: {exc}") from None
     if getattr(pipeline, "safety_checker", None) is not None:
         pipeline.safety_checker = None
-    pipeline.scheduler = ddpo_scheduler(pipeline)
+    pipeline.scheduler = family_cls.training_scheduler(pipeline)
     pipeline.set_progress_bar_config(disable=True)
-    for module in (pipeline.vae, pipeline.text_encoder, getattr(pipeline, "text_encoder_2", None)):
+    encoders = ("text_encoder", "text_encoder_2", "text_encoder_3")
+    for module in (pipeline.vae, *(getattr(pipeline, n, None) for n in encoders)):
         if module is not None:
             module.requires_grad_(False)
             module.to(device, dtype=dtype)
             module.eval()
     if dtype == torch.float16 and pipeline.vae.config.get("force_upcast", False):
         pipeline.vae.to(dtype=torch.float32)  # the SDXL VAE overflows in fp16
-    pipeline.unet.requires_grad_(False)
+    getattr(pipeline, family_cls.denoiser_name).requires_grad_(False)
     return family_cls(pipeline, device, dtype)
