@@ -28,7 +28,7 @@ class ClipScoreScorer(Scorer):
     name = "clip_score"
     description = (
         "CLIPScore (torchmetrics): 100 x max(cosine of CLIP text and image embeddings, 0); "
-        "higher means the image matches its prompt better (0-100, typically 20-35)."
+        "higher means the image matches its prompt better (0-100)."
     )
 
     def __init__(self, clip: ClipTextImage, version: str = "1", max_batch_size: int = 16) -> None:

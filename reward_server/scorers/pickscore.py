@@ -29,7 +29,7 @@ class PickScoreScorer(Scorer):
     name = "pickscore"
     description = (
         "PickScore_v1: exp(logit_scale) x cosine of CLIP-H text and image embeddings, "
-        "trained on human preferences (Pick-a-Pic); higher is preferred (about 17-23)."
+        "trained on human preferences (Pick-a-Pic); higher is preferred (below ~26)."
     )
 
     def __init__(self, clip: ClipTextImage, version: str = "1", max_batch_size: int = 16) -> None:
