@@ -122,17 +122,30 @@ def build_vae() -> AutoencoderKL:
     )
 
 
-def build_unet() -> UNet2DConditionModel:
+def build_unet(
+    channels: tuple[int, ...] = (32, 64, 128),
+    layers_per_block: int = 1,
+    attention_levels: tuple[int, ...] = (1, 2),
+    heads: int = 4,
+) -> UNet2DConditionModel:
+    """The defaults make the built-in model; other values make a different one to confirm on.
+
+    attention_levels: which resolution levels (0 = 16x16) get cross-attention; the mid
+    block always has it.
+    """
+    levels = range(len(channels))
+    down = tuple("CrossAttnDownBlock2D" if i in attention_levels else "DownBlock2D" for i in levels)
+    up = tuple(d.replace("Down", "Up") for d in reversed(down))
     return UNet2DConditionModel(
         sample_size=16,
         in_channels=4,
         out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(32, 64, 128),
-        layers_per_block=1,
+        down_block_types=down,
+        up_block_types=up,
+        block_out_channels=channels,
+        layers_per_block=layers_per_block,
         cross_attention_dim=TEXT_DIM,
-        attention_head_dim=4,
+        attention_head_dim=heads,
         norm_num_groups=8,
     )
 
@@ -335,6 +348,11 @@ def train_unet(
     text_encoder.eval()
 
 
+def int_list(text: str) -> tuple[int, ...]:
+    """'32,64,96' -> (32, 64, 96), for the architecture options."""
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("models/tiny-sd"))
@@ -350,6 +368,15 @@ def main() -> None:
     ap.add_argument("--save-every", type=float, default=300.0, help="seconds between saves")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--unet-channels", type=int_list, default=(32, 64, 128), help="e.g. 32,64,96")
+    ap.add_argument("--layers-per-block", type=int, default=1)
+    ap.add_argument(
+        "--attention-levels",
+        type=int_list,
+        default=(1, 2),
+        help="levels with cross-attention, 0 = 16x16 (e.g. 2 for 4x4 only)",
+    )
+    ap.add_argument("--attention-heads", type=int, default=4)
     args = ap.parse_args()
     args.unet_seconds = args.unet_minutes * 60
     torch.set_num_threads(args.threads)
@@ -369,7 +396,10 @@ def main() -> None:
         std = encode_all(vae, sample).std().item()
         vae.register_to_config(scaling_factor=1.0 / std)
         log(f"latent std {std:.4f}; scaling_factor {1.0 / std:.4f}")
-    unet = build_unet()
+    unet = build_unet(
+        args.unet_channels, args.layers_per_block, args.attention_levels, args.attention_heads
+    )
+    log(f"unet down blocks {unet.config.down_block_types}, channels {args.unet_channels}")
     text_encoder = build_text_encoder(tok)
     log(
         f"unet params {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M, "

@@ -1,0 +1,116 @@
+"""trl's side of benchmarks/jpeg_transfer.py: DDPOTrainer at its defaults, then save the LoRA.
+
+Runs in benchmarks/.venv-trl. DDPOConfig keeps every default (LoRA r 4, lr 3e-4,
+clip 1e-4, 50 DDIM steps, guidance 5, eta 1, train batch 1, no per-prompt stat
+tracking) except what the budget needs: num_epochs, seed and sample_batch_size
+(samples = sample_batch_size x 2 batches x epochs); mixed_precision stays trl's
+fp16 (accelerate accepts it on a CPU too) unless --mixed-precision says. The reward is
+trl_ddpo_epoch.jpeg_compressibility (quality 95, kB negated, on uint8 pixels),
+the reward server's scorer computed in-process. Writes per-epoch reward mean and
+approx_kl (what trl logs) and the sampler settings, for the held-out evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+from trl_ddpo_epoch import jpeg_compressibility
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model-dir", type=Path, required=True)
+    ap.add_argument("--prompts", required=True, help="JSON list")
+    ap.add_argument("--epochs", type=int, required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sample-batch-size", type=int, required=True)
+    ap.add_argument("--sample-num-steps", type=int, default=None, help="smoke tests only")
+    ap.add_argument("--mixed-precision", default=None, help="default: trl's (fp16)")
+    ap.add_argument("--save-dir", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+
+    warnings.filterwarnings("ignore")
+    from trl import DDPOConfig, DDPOTrainer, DefaultDDPOStableDiffusionPipeline
+
+    logdir = tempfile.mkdtemp(prefix="trl-jpeg-")
+    kwargs = {}
+    if args.sample_num_steps is not None:
+        kwargs["sample_num_steps"] = args.sample_num_steps
+    if args.mixed_precision is not None:
+        kwargs["mixed_precision"] = args.mixed_precision
+    config = DDPOConfig(
+        num_epochs=args.epochs,
+        seed=args.seed,
+        sample_batch_size=args.sample_batch_size,
+        save_freq=10**9,  # no accelerate checkpoints; the LoRA is saved once at the end
+        log_with=None,
+        logdir=logdir,
+        project_kwargs={"project_dir": logdir},
+        **kwargs,
+    )
+    prompt_list = json.loads(args.prompts)
+    rng = random.Random(args.seed)
+
+    def prompt_fn():
+        return rng.choice(prompt_list), {}
+
+    pipeline = DefaultDDPOStableDiffusionPipeline(str(args.model_dir))  # trl default: LoRA
+    pipeline.set_progress_bar_config(disable=True)
+    trainer = DDPOTrainer(config, jpeg_compressibility, prompt_fn, pipeline)
+
+    logged: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    inner_log = trainer.accelerator.log
+
+    def capture(values: dict, step: int | None = None, **kw) -> None:
+        epoch = int(values.get("epoch", -1))
+        for key in ("reward_mean", "reward_std", "approx_kl", "clipfrac"):
+            if key in values:
+                logged[epoch][key].append(float(values[key]))
+        inner_log(values, step=step, **kw)
+
+    trainer.accelerator.log = capture
+    t0 = time.perf_counter()
+    global_step = 0
+    for epoch in range(config.num_epochs):
+        global_step = trainer.step(epoch, global_step)
+    train_s = time.perf_counter() - t0
+    pipeline.save_pretrained(str(args.save_dir))  # trl's own save: the LoRA in diffusers format
+
+    epochs = [
+        {"epoch": e, **{k: sum(v) / len(v) for k, v in logged[e].items()}}
+        for e in range(config.num_epochs)
+    ]
+    args.out.write_text(
+        json.dumps(
+            {
+                "train_s": train_s,
+                "epochs": epochs,
+                "sampler": {
+                    "steps": config.sample_num_steps,
+                    "guidance": config.sample_guidance_scale,
+                    "eta": config.sample_eta,
+                },
+                "lora_scale": 1.0,  # trl's DefaultDDPOStableDiffusionPipeline: r 4, alpha 4
+                "config": {
+                    k: v
+                    for k, v in config.to_dict().items()
+                    if k.startswith(
+                        ("sample", "train", "per_prompt", "mixed", "num_epochs", "seed")
+                    )
+                },
+            },
+            indent=1,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
