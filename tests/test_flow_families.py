@@ -203,3 +203,59 @@ def test_window_stores_its_steps_only_and_starts_from_the_ode_prefix(tiny_sd3):
     torch.testing.assert_close(trajs.latents[:, 0], x)
     stats = setup.update()  # PPO trains exactly the window's two steps, at ratio 1
     assert stats["log_ratio_abs_max"] <= 1e-6
+
+
+FLUX_TARGETS = ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "ff.net.0.proj", "ff.net.2"]
+
+
+def test_transformer_lora_on_attention_and_feed_forward_with_rank_and_alpha(tiny_flux):
+    setup = _Setup(
+        tiny_flux, "no", True, lora_rank=8, lora_alpha=16.0, lora_target_modules=FLUX_TARGETS
+    )
+    net = setup.accelerator.unwrap_model(setup.net)
+    adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in net.named_parameters() if ".lora_A" in n}
+    assert any(n.endswith("ff.net.0.proj") for n in adapted)
+    assert any(n.endswith("attn.to_out.0") for n in adapted)
+    assert not any("norm" in n or "proj_out" in n for n in adapted)
+    layer = net.transformer_blocks[0].ff.net[2]
+    assert layer.r["default"] == 8 and layer.scaling["default"] == 2.0  # alpha / rank
+
+
+@pytest.mark.parametrize("model", ["tiny_sd3", "tiny_flux"])
+def test_gradient_checkpointing_gives_the_same_update(request, model):
+    """Recomputing activations in backward saves memory and must not change one gradient."""
+    path = request.getfixturevalue(model)
+    updated = []
+    for checkpointing in (False, True):
+        AcceleratorState._reset_state(reset_partial_state=True)
+        torch.manual_seed(0)  # the same LoRA initialisation both times
+        setup = _Setup(path, "no", True, gradient_checkpointing=checkpointing)
+        setup.optimizer.param_groups[0]["lr"] = 1e-3
+        stats = setup.update()
+        net = setup.accelerator.unwrap_model(setup.net)
+        assert net.is_gradient_checkpointing == checkpointing
+        trained = {n: p.detach().clone() for n, p in net.named_parameters() if p.requires_grad}
+        updated.append((trained, stats["loss"]))
+    (plain, loss_plain), (ckpt, loss_ckpt) = updated
+    assert loss_plain == pytest.approx(loss_ckpt, abs=1e-7)
+    moved = max(float(p.abs().max()) for n, p in plain.items() if "lora_B" in n)
+    assert moved > 0
+    for name, value in plain.items():
+        torch.testing.assert_close(ckpt[name], value, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("preset", "model"),
+    [("sd35-medium-grpo-lora.toml", "tiny_sd3"), ("flux1-dev-grpo-lora.toml", "tiny_flux")],
+)
+def test_every_preset_lora_target_names_modules_of_its_architecture(request, preset, model):
+    """The tiny pipelines keep the real module names, so a misspelt target shows here."""
+    from pathlib import Path
+
+    from trainer.config import load_config
+
+    cfg = load_config(Path(__file__).parents[1] / "configs" / preset)
+    fam = load_family(str(request.getfixturevalue(model)), None, torch.device("cpu"), torch.float32)
+    names = [n for n, _ in fam.denoiser.named_modules()]
+    for target in cfg.lora_target_modules:
+        assert any(n.endswith("." + target) for n in names), target
