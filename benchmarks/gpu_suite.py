@@ -23,7 +23,10 @@ one slow or crashing part cannot starve the others:
   "never" and "auto";
 - sdxl_lora_bf16: SDXL at 1024 px, LoRA, sample batch 2: peak memory, epoch time;
 - aesthetic: the aesthetic scorer (CLIP ViT-L/14 + LAION MLP head) images/s at batch 64;
-- sd35_medium, flux1_dev: skipped until the flow-matching families exist.
+- sd35_flow_lora_bf16 / flux1_flow_lora_bf16: SD3.5-Medium and FLUX.1-dev at 512 px
+  (benchmarks/gpu_flow.py), configs/sd35-medium-grpo-lora.toml and
+  configs/flux1-dev-grpo-lora.toml (LoRA, bf16, gradient checkpointing; SD3.5 with CFG
+  4.5 and the KL term) with one sampling batch per epoch: time per phase, peak memory.
 
 Timing: one warm-up epoch at the timed shapes (batch sizes) but 2 denoising
 steps and one sampling batch, then one timed epoch; the suite takes about
@@ -70,6 +73,7 @@ for _path in (str(REPO), str(BENCH_DIR)):
         sys.path.insert(0, _path)
 
 from _common import machine_info  # noqa: E402  (stdlib only)
+from gpu_flow import FLOW_KINDS, build_flow_pipeline  # noqa: E402  (imports torch lazily)
 
 DEFAULT_OUT = BENCH_DIR / "results" / "gpu_suite.json"
 LORA_PRESET = REPO / "configs" / "sd15-aesthetic-lora.toml"
@@ -259,6 +263,9 @@ class Sizes:
     aesthetic_batch: int = 64
     aesthetic_image_px: int = 512  # what SD 1.5 sends the reward server
     aesthetic_repeats: int = 10
+    flow_tiny: bool = False  # SD3.5 / FLUX from trainer/random_flow_pipeline.py
+    flow_steps: int | None = None  # None: the preset's
+    flow_resolution: int | None = None  # None: the preset's (512)
 
 
 FULL = Sizes(
@@ -289,6 +296,9 @@ SMOKE = Sizes(
     aesthetic_batch=8,
     aesthetic_image_px=48,
     aesthetic_repeats=2,
+    flow_tiny=True,
+    flow_steps=2,
+    flow_resolution=32,
 )
 
 #: Peak dense bf16 tensor FLOP/s by device name (vendor data sheets, without sparsity);
@@ -463,6 +473,10 @@ def build_pipeline(kind: str, sizes: Sizes, device) -> tuple[Any, dict[str, int]
 
     from trainer.random_pipeline import _scheduler, _tokenizer
 
+    if kind in FLOW_KINDS:
+        return build_flow_pipeline(
+            kind, sizes.flow_tiny, device, CLIP_L_TEXT, BIGG_TEXT, _text_encoder
+        )
     sdxl = kind == "sdxl"
     unet_cfg, vae_cfg = (sizes.sdxl_unet, sizes.sdxl_vae) if sdxl else (sizes.sd_unet, sizes.sd_vae)
     text_cfg = sizes.sdxl_text if sdxl else sizes.sd_text
@@ -550,7 +564,7 @@ def setup(cfg, kind: str, sizes: Sizes, report: Report):
     with prebuilt(pipeline):
         run = setup_run(cfg, accelerator, NoRewards())  # type: ignore[arg-type]
     _sync()
-    check_params(report, counts, PUBLISHED_PARAMS[kind] if sizes.check_params else {})
+    check_params(report, counts, PUBLISHED_PARAMS.get(kind, {}) if sizes.check_params else {})
     trainable = sum(p.numel() for p in run.unet.parameters() if p.requires_grad)
     report.figures["trainable_params"] = trainable
     report.figures["setup_s"] = time.perf_counter() - t0
@@ -939,7 +953,42 @@ def part_aesthetic(args: argparse.Namespace, sizes: Sizes, report: Report) -> No
     )
 
 
-FLOW_SKIP = "skipped: flow-matching families not implemented yet"
+def part_flow_lora(kind: str, preset: str) -> Callable[[argparse.Namespace, Sizes, Report], None]:
+    """A flow preset's epoch with one sampling batch (one group), as on one card."""
+
+    def run_part(args: argparse.Namespace, sizes: Sizes, report: Report) -> None:
+        from trainer.config import load_config
+
+        path = REPO / "configs" / preset
+        base = load_config(path)
+        update: dict[str, Any] = {
+            "pretrained_model": f"random:{kind}",
+            "log_images_every": 0,
+            "sample_num_batches_per_epoch": 1,
+            "sample_group_size": base.sample_batch_size,
+            "train_gradient_accumulation_steps": base.sample_batch_size // base.train_batch_size,
+        }
+        if sizes.flow_steps is not None:
+            update["sample_num_steps"] = sizes.flow_steps
+        if sizes.flow_resolution is not None:
+            update["resolution"] = sizes.flow_resolution
+        run = setup(train_config(path, **update), kind, sizes, report)
+        run_cfg = run.cfg
+        report.settings.update(
+            preset=preset,
+            sample_eta=run_cfg.sample_eta,
+            train_kl_coef=run_cfg.train_kl_coef,
+            gradient_checkpointing=run_cfg.gradient_checkpointing,
+            lora_rank=run_cfg.lora_rank,
+            architecture="benchmarks/gpu_flow.py (parameter counts recorded, not checked)",
+        )
+        peak, source = _peak_flops(args)
+        report.settings["peak_flops_assumed"] = source
+        epoch_report(run, sizes, report, peak, source)
+
+    return run_part
+
+
 PARTS: list[Part] = [
     Part("sd15_lora_bf16", "SD 1.5 512 px LoRA bf16 epoch", part_sd15_lora("bf16")),
     Part("sd15_lora_fp16", "SD 1.5 512 px LoRA fp16 epoch", part_sd15_lora("fp16")),
@@ -948,8 +997,16 @@ PARTS: list[Part] = [
     Part("sd15_full_ft", "SD 1.5 full fine-tuning memory", part_sd15_full_ft),
     Part("aesthetic", "aesthetic scorer images/s", part_aesthetic),
     Part("sdxl_lora_bf16", "SDXL 1024 px LoRA bf16 epoch", part_sdxl_lora),
-    Part("sd35_medium", "SD3.5-Medium", skip_reason=FLOW_SKIP),
-    Part("flux1_dev", "FLUX.1-dev", skip_reason=FLOW_SKIP),
+    Part(
+        "sd35_flow_lora_bf16",
+        "SD3.5-Medium 512 px LoRA bf16 epoch",
+        part_flow_lora("sd35", "sd35-medium-grpo-lora.toml"),
+    ),
+    Part(
+        "flux1_flow_lora_bf16",
+        "FLUX.1-dev 512 px LoRA bf16 epoch",
+        part_flow_lora("flux", "flux1-dev-grpo-lora.toml"),
+    ),
 ]
 PART_BY_NAME = {p.name: p for p in PARTS}
 

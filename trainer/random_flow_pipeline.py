@@ -16,7 +16,7 @@ from trainer.random_pipeline import _text_encoder, _tokenizer
 CLIP_LENGTH = 16
 
 
-def _t5_tokenizer():
+def t5_tokenizer():
     from transformers import T5TokenizerFast
 
     pieces = [(chr(c), -1.0) for c in range(32, 127)] + [("\u2581", -1.0)]
@@ -72,6 +72,16 @@ def _save(pipe, path: Path) -> Path:
 
 def build_random_sd3(path: Path, sample_size: int = 16, seed: int = 0) -> Path:
     """SD3/3.5-shaped: CLIP-L, CLIP-G (with projections) and T5; MMDiT; static shift 3."""
+    return _save(random_sd3_pipeline(Path(path), sample_size, seed), Path(path))
+
+
+def build_random_flux(path: Path, seed: int = 0, guidance_embeds: bool = True) -> Path:
+    """FLUX.1-dev-shaped: CLIP pooled + T5, packed latents, dynamic shifting, guidance embedding."""
+    return _save(random_flux_pipeline(Path(path), seed, guidance_embeds), Path(path))
+
+
+def random_sd3_pipeline(tmp: Path, sample_size: int = 16, seed: int = 0):
+    """The pipeline `build_random_sd3` saves (`tmp` holds tokenizer sources)."""
     from diffusers import (
         FlowMatchEulerDiscreteScheduler,
         SD3Transformer2DModel,
@@ -79,10 +89,9 @@ def build_random_sd3(path: Path, sample_size: int = 16, seed: int = 0) -> Path:
     )
 
     torch.manual_seed(seed)
-    path = Path(path)
-    tok, vocab_size = _tokenizer(path / "_tok_src", CLIP_LENGTH)
-    tok2, _ = _tokenizer(path / "_tok_src2", CLIP_LENGTH)
-    t5_tok = _t5_tokenizer()
+    tok, vocab_size = _tokenizer(tmp / "_tok_src", CLIP_LENGTH)
+    tok2, _ = _tokenizer(tmp / "_tok_src2", CLIP_LENGTH)
+    t5_tok = t5_tokenizer()
     hidden1, hidden2, t5_width = 16, 32, 64
     transformer = SD3Transformer2DModel(
         sample_size=sample_size,
@@ -97,7 +106,7 @@ def build_random_sd3(path: Path, sample_size: int = 16, seed: int = 0) -> Path:
         out_channels=4,
         pos_embed_max_size=sample_size,
     )
-    pipe = StableDiffusion3Pipeline(
+    return StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
         vae=_vae(scaling_factor=1.5305, shift_factor=0.0609),  # SD3's VAE constants
@@ -108,17 +117,15 @@ def build_random_sd3(path: Path, sample_size: int = 16, seed: int = 0) -> Path:
         text_encoder_3=_t5_encoder(len(t5_tok), t5_width),
         tokenizer_3=t5_tok,
     )
-    return _save(pipe, path)
 
 
-def build_random_flux(path: Path, seed: int = 0, guidance_embeds: bool = True) -> Path:
-    """FLUX.1-dev-shaped: CLIP pooled + T5, packed latents, dynamic shifting, guidance embedding."""
+def random_flux_pipeline(tmp: Path, seed: int = 0, guidance_embeds: bool = True):
+    """The pipeline `build_random_flux` saves (`tmp` holds tokenizer sources)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
     torch.manual_seed(seed)
-    path = Path(path)
-    tok, vocab_size = _tokenizer(path / "_tok_src", CLIP_LENGTH)
-    t5_tok = _t5_tokenizer()
+    tok, vocab_size = _tokenizer(tmp / "_tok_src", CLIP_LENGTH)
+    t5_tok = t5_tokenizer()
     clip_hidden, t5_width = 32, 64
     transformer = FluxTransformer2DModel(
         patch_size=1,
@@ -140,7 +147,7 @@ def build_random_flux(path: Path, seed: int = 0, guidance_embeds: bool = True) -
         base_image_seq_len=256,
         max_image_seq_len=4096,
     )
-    pipe = FluxPipeline(
+    return FluxPipeline(
         scheduler=scheduler,
         vae=_vae(scaling_factor=0.3611, shift_factor=0.1159),  # FLUX.1's VAE constants
         text_encoder=_text_encoder(vocab_size, clip_hidden, False, CLIP_LENGTH),
@@ -149,4 +156,3 @@ def build_random_flux(path: Path, seed: int = 0, guidance_embeds: bool = True) -
         tokenizer_2=t5_tok,
         transformer=transformer,
     )
-    return _save(pipe, path)
