@@ -140,7 +140,7 @@ class TrainConfig(BaseModel):
     log_images_every: int = Field(1, ge=0, description="TensorBoard image grid every N epochs.")
 
     # sampling
-    sample_num_steps: int = Field(50, ge=1, description="DDIM steps per sample.")
+    sample_num_steps: int = Field(50, ge=1, description="Denoising steps per sample.")
     sample_eta: float = Field(
         1.0,
         gt=0,

@@ -29,11 +29,6 @@ def family_class(pipeline) -> type[DiffusionFamily]:
     return getattr(importlib.import_module(module), name)
 
 
-def ddpo_scheduler(pipeline):
-    """The scheduler the trainer steps with (the SD families: DDIM, last step stochastic)."""
-    return family_class(pipeline).training_scheduler(pipeline)
-
-
 def load_family(
     pretrained: str,
     revision: str | None,
