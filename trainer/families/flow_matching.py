@@ -16,6 +16,11 @@ from trainer.flow_sde_logprob import (
 T5_MAX_LENGTH = 128
 
 
+def t5_length(tokenizer) -> int:
+    """128 T5 tokens, or fewer where the tokenizer says so (a tiny model's short prompts)."""
+    return min(T5_MAX_LENGTH, int(getattr(tokenizer, "model_max_length", T5_MAX_LENGTH)))
+
+
 class FlowMatchingFamily(DiffusionFamily):
     """A rectified-flow pipeline: `eta` is Flow-GRPO's noise level a of every stochastic step."""
 

@@ -13,7 +13,7 @@ import torch
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
 from trainer.families.base import PromptEmbeds
-from trainer.families.flow_matching import T5_MAX_LENGTH, FlowMatchingFamily
+from trainer.families.flow_matching import FlowMatchingFamily, t5_length
 
 
 class FluxFamily(FlowMatchingFamily):
@@ -47,7 +47,7 @@ class FluxFamily(FlowMatchingFamily):
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str], resolution: int) -> PromptEmbeds:
         embeds, pooled, _ = self.pipeline.encode_prompt(
-            prompts, device=self.device, max_sequence_length=T5_MAX_LENGTH
+            prompts, device=self.device, max_sequence_length=t5_length(self.pipeline.tokenizer_2)
         )
         return {"prompt_embeds": embeds.to(self.dtype), "pooled_embeds": pooled.to(self.dtype)}
 

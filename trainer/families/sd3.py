@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from trainer.families.base import PromptEmbeds, guided
-from trainer.families.flow_matching import T5_MAX_LENGTH, FlowMatchingFamily
+from trainer.families.flow_matching import FlowMatchingFamily, t5_length
 
 
 class StableDiffusion3Family(FlowMatchingFamily):
@@ -21,7 +21,7 @@ class StableDiffusion3Family(FlowMatchingFamily):
             prompt_3=None,
             device=self.device,
             do_classifier_free_guidance=False,
-            max_sequence_length=T5_MAX_LENGTH,
+            max_sequence_length=t5_length(self.pipeline.tokenizer_3),
         )
         return {"prompt_embeds": embeds.to(self.dtype), "pooled_embeds": pooled.to(self.dtype)}
 
