@@ -13,6 +13,8 @@ Each side runs once per seed, in alternating order (ours-trl, trl-ours, ...) so
 machine noise hits both. The budget sets only the batch layout: the sample batch
 is --sample-batch-size (6) unless the preset or --set gives one, epochs = 360 /
 (sample_batch_size x sample_num_batches_per_epoch), which must divide exactly.
+On a CPU both sides train with mixed_precision "no" (see budget());
+--sample-num-steps / --train-batch-size set those for both sides (a CPU budget).
 
 The figure: mean JPEG size (kB) of a held-out set (the 3 prompts x --eval-seeds
 fixed seeds, benchmarks/jpeg_eval.py), sampled with the run's sampler settings
@@ -90,11 +92,44 @@ def toml_value(value: Any) -> str:
     raise TypeError(f"no TOML form for {value!r}")
 
 
-def recipe(preset: Path | None, overrides: list[str], sample_batch_size: int) -> dict[str, Any]:
-    """Keys ours trains with beyond TrainConfig defaults: the budget's batch, preset, --set."""
+def budget(
+    sample_batch_size: int,
+    cpu: bool,
+    sample_num_steps: int | None = None,
+    train_batch_size: int | None = None,
+) -> dict[str, Any]:
+    """The layer under any preset, shared by both sides: batch layout and device.
+
+    On a CPU mixed_precision is "no": fp16 there is emulated, 26x slower per UNet pass
+    (tiny-sd-b, batch 12: 2.10 s vs 0.08 s), which would put 360 samples out of reach.
+    sample_num_steps / train_batch_size: only when given (a CPU budget); default:
+    each trainer's own (50 steps, train batch 1 for both).
+    """
+    keys: dict[str, Any] = {"sample_batch_size": sample_batch_size}
+    if cpu:
+        keys["mixed_precision"] = "no"
+    if sample_num_steps is not None:
+        keys["sample_num_steps"] = sample_num_steps
+    if train_batch_size is not None:
+        keys["train_batch_size"] = train_batch_size
+    return keys
+
+
+def trl_args(base: dict[str, Any]) -> list[str]:
+    """The same budget layer for trl_jpeg_train.py (sample_batch_size goes on its own)."""
+    flags = {
+        "mixed_precision": "--mixed-precision",
+        "sample_num_steps": "--sample-num-steps",
+        "train_batch_size": "--train-batch-size",
+    }
+    return [a for k, flag in flags.items() if k in base for a in (flag, str(base[k]))]
+
+
+def recipe(preset: Path | None, overrides: list[str], base: dict[str, Any]) -> dict[str, Any]:
+    """Keys ours trains with beyond TrainConfig defaults: budget(), then the preset, then --set."""
     from trainer.config import apply_overrides
 
-    data: dict[str, Any] = {"sample_batch_size": sample_batch_size}
+    data = dict(base)
     if preset is not None:
         given = tomllib.loads(preset.read_text(encoding="utf-8"))
         clash = sorted(RESERVED & given.keys())
@@ -269,6 +304,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--samples", type=int, default=360, help="trained samples per run")
     ap.add_argument("--sample-batch-size", type=int, default=6, help="unless preset/--set sets it")
+    ap.add_argument("--sample-num-steps", type=int, default=None, help="both sides; CPU budgets")
+    ap.add_argument("--train-batch-size", type=int, default=None, help="both sides; CPU budgets")
     ap.add_argument("--eval-seeds", type=int, default=12, help="held-out seeds per prompt")
     ap.add_argument("--sides", default="ours,trl", help="ours,trl | ours | trl")
     ap.add_argument("--quick", action="store_true", help="1 seed, 2 epochs, 4 steps: smoke test")
@@ -277,19 +314,29 @@ def main() -> None:
     args = ap.parse_args()
     stop_on_sigterm()
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
-    trl_extra: list[str] = []
     if args.quick:
         args.seeds, args.samples, args.sample_batch_size, args.eval_seeds = 1, 8, 2, 1
-        args.overrides = ["sample_num_steps=4", *args.overrides]
-        trl_extra = ["--sample-num-steps", "4"]
+        args.sample_num_steps = 4
     if "trl" in sides and not trl_python().exists():
         sys.exit(f"{trl_python()} is missing: run benchmarks/setup_trl_venv.sh first")
-    keys = recipe(args.preset, args.overrides, args.sample_batch_size)
+    import torch
+
+    base = budget(
+        args.sample_batch_size,
+        not torch.cuda.is_available(),
+        args.sample_num_steps,
+        args.train_batch_size,
+    )
+    keys = recipe(args.preset, args.overrides, base)
+    trl_extra = trl_args(base)
     per_epoch, epochs = layout(keys, args.samples)
     trl_epochs = args.samples // (2 * args.sample_batch_size)  # trl default: 2 batches per epoch
     print(f"ours: {per_epoch} samples/epoch x {epochs} epochs = {args.samples}; keys {keys}")
     if "trl" in sides:
-        print(f"trl: {args.sample_batch_size} x 2 batches x {trl_epochs} epochs = {args.samples}")
+        print(
+            f"trl: {args.sample_batch_size} x 2 batches x {trl_epochs} epochs = {args.samples}; "
+            f"{' '.join(trl_extra)}"
+        )
 
     from ddpo.server_process import RewardServerProcess
 
@@ -309,6 +356,8 @@ def main() -> None:
             "ours_epochs": epochs,
             "trl_epochs": trl_epochs,
         },
+        "budget_layer_both_sides": base,
+        "trl_args": trl_extra,
         "ours_keys_beyond_defaults": keys,
         "preset": str(args.preset) if args.preset else None,
     }

@@ -3,8 +3,10 @@
 Runs in benchmarks/.venv-trl. DDPOConfig keeps every default (LoRA r 4, lr 3e-4,
 clip 1e-4, 50 DDIM steps, guidance 5, eta 1, train batch 1, no per-prompt stat
 tracking) except what the budget needs: num_epochs, seed and sample_batch_size
-(samples = sample_batch_size x 2 batches x epochs); mixed_precision stays trl's
-fp16 (accelerate accepts it on a CPU too) unless --mixed-precision says. The reward is
+(samples = sample_batch_size x 2 batches x epochs), and where jpeg_transfer.py
+is given a CPU budget, sample_num_steps and train_batch_size; mixed_precision stays trl's
+fp16 unless --mixed-precision says (jpeg_transfer.py says "no" on a CPU, where
+fp16 is emulated and ~26x slower). The reward is
 trl_ddpo_epoch.jpeg_compressibility (quality 95, kB negated, on uint8 pixels),
 the reward server's scorer computed in-process. Writes per-epoch reward mean and
 approx_kl (what trl logs) and the sampler settings, for the held-out evaluation.
@@ -31,7 +33,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sample-batch-size", type=int, required=True)
-    ap.add_argument("--sample-num-steps", type=int, default=None, help="smoke tests only")
+    ap.add_argument("--sample-num-steps", type=int, default=None, help="default: trl's (50)")
+    ap.add_argument("--train-batch-size", type=int, default=None, help="default: trl's (1)")
     ap.add_argument("--mixed-precision", default=None, help="default: trl's (fp16)")
     ap.add_argument("--save-dir", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
@@ -44,6 +47,8 @@ def main() -> None:
     kwargs = {}
     if args.sample_num_steps is not None:
         kwargs["sample_num_steps"] = args.sample_num_steps
+    if args.train_batch_size is not None:
+        kwargs["train_batch_size"] = args.train_batch_size
     if args.mixed_precision is not None:
         kwargs["mixed_precision"] = args.mixed_precision
     config = DDPOConfig(

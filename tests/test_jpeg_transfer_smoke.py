@@ -15,6 +15,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -38,16 +39,37 @@ def test_toml_value_round_trips_through_tomllib():
 def test_recipe_layers_budget_then_preset_then_overrides(tmp_path):
     preset = tmp_path / "p.toml"
     preset.write_text("sample_batch_size = 4\ntrain_learning_rate = 1e-3\nuse_lora = false\n")
-    got = jpeg_transfer.recipe(preset, ["train_learning_rate=2e-3"], sample_batch_size=6)
+    base = jpeg_transfer.budget(6, cpu=False)
+    got = jpeg_transfer.recipe(preset, ["train_learning_rate=2e-3"], base)
     assert got == {"sample_batch_size": 4, "train_learning_rate": 2e-3, "use_lora": False}
-    assert jpeg_transfer.recipe(None, [], sample_batch_size=6) == {"sample_batch_size": 6}
+    assert jpeg_transfer.recipe(None, [], base) == {"sample_batch_size": 6}
+    forced = jpeg_transfer.recipe(None, ['mixed_precision="bf16"'], jpeg_transfer.budget(6, True))
+    assert forced == {"sample_batch_size": 6, "mixed_precision": "bf16"}  # --set still wins
+
+
+def test_budget_layer_is_the_same_for_trl():
+    base = jpeg_transfer.budget(6, cpu=True, sample_num_steps=20, train_batch_size=3)
+    assert base == {
+        "sample_batch_size": 6,
+        "mixed_precision": "no",
+        "sample_num_steps": 20,
+        "train_batch_size": 3,
+    }
+    args = jpeg_transfer.trl_args(base)
+    pairs = dict(zip(args[::2], args[1::2], strict=True))
+    assert pairs == {
+        "--mixed-precision": "no",
+        "--sample-num-steps": "20",
+        "--train-batch-size": "3",
+    }
+    assert jpeg_transfer.trl_args(jpeg_transfer.budget(6, cpu=False)) == []
 
 
 def test_preset_may_not_set_what_the_benchmark_fixes(tmp_path):
     preset = tmp_path / "p.toml"
     preset.write_text("seed = 3\n")
     with pytest.raises(SystemExit, match="seed"):
-        jpeg_transfer.recipe(preset, [], sample_batch_size=6)
+        jpeg_transfer.recipe(preset, [], jpeg_transfer.budget(6, cpu=False))
 
 
 def test_budget_layout_uses_train_config_defaults():
@@ -82,6 +104,8 @@ def test_quick_run_ours_end_to_end(tiny_sd, tmp_path):
         assert math.isfinite(e["reward_mean"]) and e["reward_mean"] < 0  # negated kB
         assert math.isfinite(e["approx_kl"])
     assert run["config"]["sample_num_steps"] == 4 and run["config"]["num_epochs"] == 2
+    if not torch.cuda.is_available():
+        assert run["config"]["mixed_precision"] == "no"
     assert run["weights"] == "lora"
     # the held-out figure: 3 prompts x 1 seed, paired with the base model's at the same sampler
     assert len(run["after_sizes_kb"]) == 3
