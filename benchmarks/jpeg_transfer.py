@@ -23,6 +23,7 @@ positive means smaller JPEGs, what compressibility rewards.
 
     nice -n 10 python benchmarks/jpeg_transfer.py                      # defaults, 3 seeds
     nice -n 10 python benchmarks/jpeg_transfer.py --preset configs/X.toml --out jpeg_transfer-X
+    python benchmarks/jpeg_transfer.py --report benchmarks/results/jpeg_transfer.json
     python benchmarks/jpeg_transfer.py --quick --sides ours --model-dir DIR   # smoke test
 
 Writes benchmarks/results/<--out>.json (default jpeg_transfer).
@@ -311,7 +312,14 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="1 seed, 2 epochs, 4 steps: smoke test")
     ap.add_argument("--out", default="jpeg_transfer", help="results file name, no .json")
     ap.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    ap.add_argument("--report", type=Path, default=None, help="print the tables of a results JSON")
     args = ap.parse_args()
+    if args.report is not None:
+        data = json.loads(args.report.read_text())
+        runs = {side: r for side, r in data["runs"].items() if r}
+        print_report(runs, {side: summarize_side(r) for side, r in runs.items()})
+        print(f"complete: {data['complete']}")
+        return
     stop_on_sigterm()
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
     if args.quick:
@@ -362,6 +370,7 @@ def main() -> None:
         "preset": str(args.preset) if args.preset else None,
     }
     work = Path(tempfile.mkdtemp(prefix="ddpo-jpeg-transfer-"))
+    print(f"logs and weights under {work} (removed at the end)", flush=True)
     seeds = eval_seeds(args.eval_seeds)
     before: dict[Sampler, list[float]] = {}
     results: dict[str, list[dict[str, Any]]] = {s: [] for s in sides}
