@@ -1,4 +1,8 @@
-"""A scripted rater: rates over the rater API like a person who likes one colour.
+"""A scripted rater: rates over the rater API like a person of one taste.
+
+A taste is a colour (red, green, blue, yellow: the shape's hue), "big" (large
+shapes) or "dark" (a black background), so a test or benchmark can check that
+the human-feedback loop follows whoever rates, not one built-in preference.
 
 It signs in with an invite link from `ddpo raters add` and uses the same API a
 script would (`/rate/api/next`, `/rate/image/{id}`, `/rate/api/rate`), so it
@@ -37,6 +41,14 @@ PLAIN_TOLERANCE = 40
 LIKED, EMPTY, SMEARED = 9, 1, 4
 #: How fast liking falls with hue distance: higher is pickier about near misses (orange).
 HUE_SHARPNESS = 1.5
+#: "big": the shape's extent (share of the side) that scores EMPTY + 1 and the one that
+#: scores LIKED; the procedural shapes span 0.27-0.6 (3-7 points), so the top is above them.
+SMALL_EXTENT, BIG_EXTENT = 0.15, 0.75
+#: "dark": background brightness (0-255) that scores LIKED (black) and EMPTY + 0 (white).
+DARK_LEVEL, LIGHT_LEVEL = 15.0, 245.0
+#: Tastes that are not a colour.
+OTHER_TASTES: tuple[str, ...] = ("big", "dark")
+TASTES: tuple[str, ...] = (*COLOURS, *OTHER_TASTES)
 
 
 def _corners(pixels: np.ndarray) -> np.ndarray:
@@ -58,14 +70,28 @@ def plain_background(image: Image.Image) -> bool:
     return bool((corners.max(0) - corners.min(0)).max() <= PLAIN_TOLERANCE)
 
 
-def shape_colour(image: Image.Image) -> np.ndarray | None:
-    """Mean RGB of the pixels that stand out from the background; None if too few do."""
+def _split(image: Image.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(pixels, background RGB, foreground mask): the shape is what differs from the corners."""
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
     background = np.median(_corners(pixels), axis=0)
-    foreground = np.abs(pixels - background).max(-1) > FOREGROUND_DISTANCE
+    return pixels, background, np.abs(pixels - background).max(-1) > FOREGROUND_DISTANCE
+
+
+def shape_extent(image: Image.Image) -> float | None:
+    """How far the shape reaches, as a share of the side: the mean of its width and height
+    between the 2nd and 98th percentile of its pixels (stray specks do not count); None
+    without a shape. Extent, not area, so a triangle is as big as a circle of its span."""
+    _, _, foreground = _split(image)
     if foreground.mean() < MIN_COVERAGE:
         return None
-    return pixels[foreground].mean(0)
+    rows, cols = np.nonzero(foreground)
+    spans = [np.percentile(v, 98) - np.percentile(v, 2) + 1 for v in (rows, cols)]
+    return float(np.mean(spans) / max(foreground.shape))
+
+
+def _graded(closeness: float) -> int:
+    """0..1 liking -> EMPTY..LIKED."""
+    return round(EMPTY + (LIKED - EMPTY) * float(np.clip(closeness, 0.0, 1.0)))
 
 
 def hue_distance(rgb: np.ndarray, colour: str) -> float:
@@ -76,15 +102,35 @@ def hue_distance(rgb: np.ndarray, colour: str) -> float:
     return min(d, 1.0 - d)
 
 
-def preference_score(image: Image.Image, colour: str) -> int:
-    """1-10 like a person fond of one colour: LIKED for a clean shape in that colour,
-    falling with the hue's distance from it (red lover: orange 7-8, yellow ~5, green
-    or blue 1-2); a smear of any colour over a messy picture gets at most SMEARED."""
-    rgb = shape_colour(image)
-    if rgb is None:
+def check_taste(taste: str) -> str:
+    """The taste, or a ValueError naming the ones there are."""
+    if taste not in TASTES:
+        raise ValueError(f"prefers must be one of {', '.join(TASTES)}, not {taste!r}")
+    return taste
+
+
+def preference_score(image: Image.Image, taste: str) -> int:
+    """1-10 like a person of one taste; EMPTY without a shape, at most SMEARED for a
+    smear over a messy picture, whatever the taste.
+
+    A colour: LIKED for a clean shape in it, falling with the hue's distance (red
+    lover: orange 7-8, yellow ~5, green or blue 1-2). "big": rising with the shape's
+    extent (SMALL_EXTENT -> 1, BIG_EXTENT -> LIKED), whatever its colour. "dark":
+    falling with the background's brightness (black 9, gray 5, white 1).
+    """
+    check_taste(taste)
+    pixels, background, foreground = _split(image)
+    if foreground.mean() < MIN_COVERAGE:
         return EMPTY
-    closeness = max(0.0, 1.0 - hue_distance(rgb, colour) / 0.3)
-    score = round(EMPTY + (LIKED - EMPTY) * closeness**HUE_SHARPNESS)
+    if taste == "big":
+        extent = shape_extent(image) or 0.0
+        score = _graded((extent - SMALL_EXTENT) / (BIG_EXTENT - SMALL_EXTENT))
+    elif taste == "dark":
+        level = float(background.mean())
+        score = _graded((LIGHT_LEVEL - level) / (LIGHT_LEVEL - DARK_LEVEL))
+    else:
+        closeness = max(0.0, 1.0 - hue_distance(pixels[foreground].mean(0), taste) / 0.3)
+        score = _graded(closeness**HUE_SHARPNESS)
     return score if plain_background(image) else min(score, SMEARED)
 
 
@@ -104,8 +150,7 @@ class ScriptedRater:
     def __init__(
         self, invite: str, prefers: str = "red", idle_sleep_s: float = 0.2, timeout_s: float = 30
     ) -> None:
-        if prefers not in COLOURS:
-            raise ValueError(f"prefers must be one of {', '.join(COLOURS)}, not {prefers!r}")
+        check_taste(prefers)
         self.base, token = split_invite(invite)
         self.prefers = prefers
         self.idle_sleep_s = idle_sleep_s
@@ -157,10 +202,16 @@ class ScriptedRater:
 
 def main(
     invite: Annotated[str, typer.Argument(help="Invite link printed by `ddpo raters add`.")],
-    prefers: Annotated[str, typer.Option(help=f"Colour to like: {', '.join(COLOURS)}.")] = "red",
+    prefers: Annotated[
+        str, typer.Option(help=f"Taste: {', '.join(TASTES)} (big shapes, dark backgrounds).")
+    ] = "red",
     seconds: Annotated[float, typer.Option(help="Stop after this long (0: never).")] = 0.0,
 ) -> None:
-    """Rate every queued image like a person fond of one colour (see preference_score)."""
+    """Rate every queued image like a person of one taste (see preference_score)."""
+    try:
+        check_taste(prefers)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--prefers") from exc
     rater = ScriptedRater(invite, prefers)
     typer.echo(f"rating at {rater.base}, liking {prefers} (Ctrl-C stops)")
     rater.start()

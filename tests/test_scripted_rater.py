@@ -1,4 +1,5 @@
-"""The scripted rater judges colours like a person would and rates through the rater API."""
+"""The scripted rater judges by its taste (a colour, size, a dark background) like a person
+would, and rates through the rater API."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from reward_server.scripted_rater import (
     EMPTY,
     LIKED,
     SMEARED,
+    TASTES,
     ScriptedRater,
+    main,
     preference_score,
     split_invite,
 )
@@ -42,6 +45,75 @@ def test_likes_the_preferred_colour_best(colour: str) -> None:
                 background,
                 scores,
             )
+
+
+def shrunk(shape: str, colour: str, background: str, rng: np.random.Generator) -> np.ndarray:
+    """The same kind of drawing at half the size, centred on a 64 px canvas of its background."""
+    small = draw(shape, colour, background, rng, size=32)
+    canvas = np.empty((64, 64, 3), dtype=np.uint8)
+    canvas[:] = small[0, 0]  # the small drawing's own background tone
+    canvas[16:48, 16:48] = small
+    return canvas
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_big_likes_bigger_shapes_whatever_the_colour(shape: str) -> None:
+    for seed, (colour, background) in enumerate(
+        (c, b) for c in COLOURS for b in BACKGROUNDS
+    ):  # the same drawing, full size and at half size
+        big = draw(shape, colour, background, np.random.default_rng(seed))
+        small = shrunk(shape, colour, background, np.random.default_rng(seed))
+        scores = [preference_score(Image.fromarray(im), "big") for im in (big, small)]
+        assert scores[0] > scores[1] and scores[1] <= 3, (colour, background, scores)
+    # Colour plays no part: one drawing recoloured keeps its score within rounding.
+    a = draw(shape, "red", "gray", np.random.default_rng(9))
+    b = draw(shape, "blue", "gray", np.random.default_rng(9))
+    assert (
+        abs(
+            preference_score(Image.fromarray(a), "big")
+            - preference_score(Image.fromarray(b), "big")
+        )
+        <= 1
+    )
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_dark_likes_black_backgrounds_then_gray_then_white(shape: str) -> None:
+    rng = np.random.default_rng(6)
+    for colour in COLOURS:
+        score = {
+            b: preference_score(Image.fromarray(draw(shape, colour, b, rng)), "dark")
+            for b in BACKGROUNDS
+        }
+        assert score["black"] >= LIKED - 1, (colour, score)
+        assert score["black"] - score["gray"] >= 3 and score["gray"] - score["white"] >= 3, (
+            colour,
+            score,
+        )
+
+
+@pytest.mark.parametrize("taste", TASTES)
+def test_every_taste_rates_a_blank_picture_and_a_smear_low(taste: str) -> None:
+    blank = np.full((64, 64, 3), 15, dtype=np.uint8)  # black: what "dark" likes, but no shape
+    assert preference_score(Image.fromarray(blank), taste) == EMPTY
+    messy = draw("circle", "red", "black", np.random.default_rng(2)).copy()
+    messy[:12, :12] = (245, 245, 245)  # one corner unlike the others: not a plain background
+    assert preference_score(Image.fromarray(messy), taste) <= SMEARED
+
+
+def test_an_unknown_taste_is_refused_with_the_list(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="big, dark"):
+        preference_score(
+            Image.fromarray(draw("circle", "red", "gray", np.random.default_rng(0))), "huge"
+        )
+    import typer
+    from typer.testing import CliRunner
+
+    app = typer.Typer()
+    app.command()(main)
+    runner = CliRunner(env={"COLUMNS": "300"})  # one line: no box wrapping the message
+    result = runner.invoke(app, ["http://h/rate/login?token=t", "--prefers", "purple"])
+    assert result.exit_code == 2 and "red, green, blue, yellow, big, dark" in result.output
 
 
 def test_scores_grade_with_hue_like_a_person() -> None:
