@@ -40,10 +40,16 @@ def save_lora(pipeline_cls, unet: torch.nn.Module, directory: Path) -> Path:
     from diffusers.utils import convert_state_dict_to_diffusers
 
     state = get_peft_model_state_dict(unet)
-    if "unet_lora_layers" in inspect.signature(pipeline_cls.save_lora_weights).parameters:
+    # Without the adapter's config a loader assumes alpha = rank and scales the update wrongly.
+    metadata = unet.peft_config["default"].to_dict()
+    metadata["target_modules"] = sorted(metadata["target_modules"])
+    params = inspect.signature(pipeline_cls.save_lora_weights).parameters
+    if "unet_lora_layers" in params:
         layers = {"unet_lora_layers": convert_state_dict_to_diffusers(state)}
+        layers["unet_lora_adapter_metadata"] = metadata
     else:
         layers = {"transformer_lora_layers": state}
+        layers["transformer_lora_adapter_metadata"] = metadata
     directory.mkdir(parents=True, exist_ok=True)
     pipeline_cls.save_lora_weights(save_directory=str(directory), safe_serialization=True, **layers)
     return directory
