@@ -6,7 +6,7 @@ import socket
 import pytest
 import torch.multiprocessing as mp
 
-from trainer.config import ConfigError, build_config
+from trainer.config import ConfigError, TrainConfig, build_config
 from trainer.train import optimizer_steps_per_epoch
 
 BASE = {
@@ -94,3 +94,20 @@ def test_single_process_statistics_pass_through():
     local = {"loss": 0.25, "old_log_prob_drift": 1e-3, "a_new_statistic": 2.0}
     stats = global_stats(Accelerator(cpu=True), local)
     assert stats == pytest.approx(local)  # one not named anywhere is kept (averaged), not dropped
+
+
+def test_fp16_without_a_gpu_trains_in_float32(caplog):
+    from trainer.train import precision_for_device
+
+    cfg = TrainConfig(
+        pretrained_model="x",
+        prompts=["a"],
+        rewards=[{"url": "http://127.0.0.1:1", "scorer": "jpeg_compressibility"}],
+        mixed_precision="fp16",
+    )
+    with caplog.at_level("WARNING"):
+        assert precision_for_device(cfg, cuda=False).mixed_precision == "no"
+    assert "26x slower" in caplog.text
+    assert precision_for_device(cfg, cuda=True).mixed_precision == "fp16"
+    bf16 = cfg.model_copy(update={"mixed_precision": "bf16"})
+    assert precision_for_device(bf16, cuda=False).mixed_precision == "bf16"

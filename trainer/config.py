@@ -109,7 +109,8 @@ class TrainConfig(BaseModel):
     )
     mixed_precision: Literal["no", "fp16", "bf16"] = Field(
         "fp16",
-        description="no, fp16 or bf16; frozen weights are cast to it, LoRA weights stay fp32.",
+        description="no, fp16 or bf16; frozen weights are cast to it, LoRA weights stay fp32. "
+        "fp16 without a GPU trains in float32 (CPU fp16 is emulated, ~26x slower).",
     )
     gradient_checkpointing: bool = Field(
         False, description="Recompute UNet activations in backward to save memory."
