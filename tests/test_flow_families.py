@@ -259,3 +259,27 @@ def test_every_preset_lora_target_names_modules_of_its_architecture(request, pre
     names = [n for n, _ in fam.denoiser.named_modules()]
     for target in cfg.lora_target_modules:
         assert any(n.endswith("." + target) for n in names), target
+
+
+@pytest.mark.parametrize("model", ["tiny_sd3", "tiny_flux"])
+def test_an_update_moves_log_probs_the_way_of_the_advantages(request, model):
+    """The policy gradient through the flow step has the right sign."""
+    from trainer.ppo import recompute_log_prob
+
+    torch.manual_seed(0)
+    setup = _Setup(request.getfixturevalue(model), "no", False, train_clip_range=10.0)
+    setup.optimizer.param_groups[0]["lr"] = 1e-4
+
+    def log_probs() -> torch.Tensor:
+        with torch.no_grad():
+            cols = [torch.full((4,), j) for j in range(STEPS)]
+            args = (setup.uncond, 4.5, 0.7)
+            return torch.stack(
+                [recompute_log_prob(setup.family, setup.net, setup.trajs, c, *args) for c in cols]
+            )
+
+    before = log_probs()
+    setup.update()  # advantages +1, -1, +0.5, -0.5
+    change = (log_probs() - before).mean(dim=0)
+    adv = torch.tensor([1.0, -1.0, 0.5, -0.5])
+    assert float((adv * change).sum()) > 0, change
