@@ -101,10 +101,12 @@ def demo(
     reward: Annotated[
         str,
         typer.Option(
-            help="jpeg_incompressibility, jpeg_compressibility, prompt_fidelity, or human "
+            help="prompt_fidelity (does the image show the prompt's shape, colour and "
+            "background), jpeg_incompressibility (the reward-hacking example), "
+            "jpeg_compressibility, or human "
             "(you rate the samples in a browser; the demo prints the link)."
         ),
-    ] = "jpeg_incompressibility",
+    ] = "prompt_fidelity",
     epochs: Annotated[
         int | None, typer.Option(min=1, help="DDPO epochs; default 15, or 8 for human.")
     ] = None,
@@ -145,7 +147,8 @@ def demo(
     out = result.output_dir
     if result.reward_before is not None and result.reward_after is not None:
         console.print(
-            f"\n[bold]reward ({reward})[/bold] on fixed prompts and seeds: "
+            f"\n[bold]reward ({reward})[/bold] on {result.num_eval_images} held-out images "
+            "(fixed prompts and seeds): "
             f"{result.reward_before:.3f} before -> {result.reward_after:.3f} after"
         )
     else:

@@ -37,7 +37,12 @@ def gone(pid: int, timeout_s: float = 10.0) -> bool:
     return False
 
 
-def test_short_demo_writes_files_and_raises_reward(tmp_path):
+def test_short_demo_writes_files_and_keeps_the_images_right(tmp_path):
+    """The default demo (prompt fidelity) on the held-out grid of all 36 prompts.
+
+    The recipe it replaced sent every prompt to one texture within epochs
+    (fidelity 0.65 -> 0.00); the shipped one must keep what the base model draws.
+    """
     out = tmp_path / "demo"
     proc = subprocess.run(
         demo_cmd("--epochs", "4", "--output", str(out)),
@@ -49,9 +54,10 @@ def test_short_demo_writes_files_and_raises_reward(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for name in ("before_after.png", "reward_curve.png", "metrics.jsonl"):
         assert (out / name).stat().st_size > 0, name
-    assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (out / "lora" / "pytorch_lora_weights.safetensors").is_file()
     summary = json.loads((out / "demo_summary.json").read_text())
-    assert summary["reward_after"] > summary["reward_before"], summary
+    assert summary["reward_before"] > 0.5, summary  # the base model draws most prompts right
+    assert summary["reward_after"] > 0.85 * summary["reward_before"], summary
     assert gone(server_pid(proc.stderr + proc.stdout))
 
 
