@@ -303,6 +303,7 @@ def main() -> None:
     ap.add_argument("--preset", type=Path, default=None, help="a TOML of TrainConfig keys")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="key=value")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first .. first + n - 1")
     ap.add_argument("--samples", type=int, default=360, help="trained samples per run")
     ap.add_argument("--sample-batch-size", type=int, default=6, help="unless preset/--set sets it")
     ap.add_argument("--sample-num-steps", type=int, default=None, help="both sides; CPU budgets")
@@ -396,7 +397,7 @@ def main() -> None:
     with RewardServerProcess(
         [SCORER], log_file=work / "server.log", extra_env=child_env({"DDPO_LOG_FORMAT": "text"})
     ) as server:
-        for i, seed in enumerate(range(args.seeds)):
+        for i, seed in enumerate(range(args.first_seed, args.first_seed + args.seeds)):
             for side in sides if i % 2 == 0 else sides[::-1]:
                 if side == "ours":
                     run = run_ours(keys, args.model_dir, server.url, seed, epochs, work)

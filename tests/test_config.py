@@ -1,8 +1,9 @@
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from trainer.config import ConfigError, load_config
+from trainer.config import ConfigError, build_config, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,3 +93,20 @@ def test_config_docs_are_current():
     assert (REPO / "docs" / "config.md").read_text() == render_config_docs(), (
         "run: python -m trainer.config_docs > docs/config.md"
     )
+
+
+PRESETS = REPO / "configs" / "presets"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in PRESETS.glob("*.toml")))
+def test_presets_are_recipes_that_validate(name):
+    """A preset holds recipe keys only and validates on top of a run's own keys."""
+    preset = tomllib.loads((PRESETS / name).read_text())
+    run_keys = {"pretrained_model", "prompts", "prompts_file", "rewards", "output_dir", "seed"}
+    assert not run_keys & preset.keys()
+    base = {
+        "pretrained_model": "x",
+        "prompts": ["a"],
+        "rewards": [{"url": "http://127.0.0.1:1", "scorer": "jpeg_compressibility"}],
+    }
+    build_config({**base, **preset})
