@@ -61,10 +61,16 @@ AUTOMATIC_RECIPE: dict = {
     "sample_group_size": 4,
     "train_kl_coef": 0.1,
 }
+#: Chosen on scripted red and "big" raters, confirmed on blue, green, yellow (docs/rlhf.md):
+#: approx_kl 1e-7..3e-6 per epoch, where full fine-tuning at lr 6e-4 gave 200-880 and one blob.
 HUMAN_RECIPE: dict = {
-    "use_lora": False,
-    "train_learning_rate": 6e-4,
-    "train_clip_range": 0.1,
+    **_LAST_STEP_DETERMINISTIC,
+    "use_lora": True,
+    "lora_target_modules": ["attn2.to_k", "attn2.to_v"],
+    "train_learning_rate": 3e-2,
+    "train_clip_range": 1e-3,
+    "sample_group_size": 4,
+    "train_kl_coef": 0.1,
 }
 
 
@@ -331,7 +337,8 @@ def run_demo(
                 f"  {invite}\n"
                 f"Each epoch waits up to {cfg.reward_epoch_deadline_s:.0f} s for its "
                 f"{cfg.sample_batch_size * cfg.sample_num_batches_per_epoch} ratings; unrated "
-                "samples are dropped. No time to rate? Let a script that likes red do it:\n"
+                "samples are dropped. No time to rate? Let a script with a taste do it "
+                "(red, green, blue, yellow, big or dark):\n"
                 f'  python -m reward_server.scripted_rater "{invite}" --prefers red\n'
             )
         say(f"fine-tuning with DDPO for {cfg.num_epochs} epochs ...")

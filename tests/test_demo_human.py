@@ -72,10 +72,10 @@ def judge_held_out(trained: Path | None) -> tuple[float, float]:
 
 
 def test_a_rater_who_likes_red_makes_the_model_draw_red(tmp_path: Path) -> None:
-    """Measured (2 cores, seed 0): held-out rater score 2.5 -> 6.3, red 0.09 -> 0.93.
+    """The held-out rating rises while PPO stays in its trust region and prompts stay apart.
 
-    12 epochs, not the demo's 8: the epoch reward moves within 1-2 epochs, but held-out
-    samples turn red only after ~10 (at 8 the model sat on orange: red 0.16 -> 0.28).
+    The recipe this replaced raised the rating by turning every prompt into one red blob,
+    with approx_kl 200-880 per epoch.
     """
     out = tmp_path / "demo"
     text, rater = run_human_demo(out, "--epochs", "12", "--rating-deadline", "120", rater="red")
@@ -83,13 +83,16 @@ def test_a_rater_who_likes_red_makes_the_model_draw_red(tmp_path: Path) -> None:
     assert len(records) == 12
     assert sum(r["num_dropped"] for r in records) == 0, records
     assert rater is not None and rater.rated == sum(r["num_rated"] for r in records) == 12 * 32
-    # The epoch reward is the mean human score: it climbs as red pictures take over.
-    assert records[-1]["reward_mean"] > records[0]["reward_mean"] + 2.0, records
+    assert max(r["approx_kl"] for r in records) < 1e-3, [r["approx_kl"] for r in records]
 
     score_before, red_before = judge_held_out(None)
     score_after, red_after = judge_held_out(out)
-    assert score_after > score_before + 2.0, (score_before, score_after)
-    assert red_after > red_before + 0.5, (red_before, red_after)
+    print(
+        f"held-out rating {score_before:.2f} -> {score_after:.2f}, red {red_before:.2f} -> "
+        f"{red_after:.2f}"
+    )
+    assert score_after > score_before + 0.8, (score_before, score_after)
+    assert red_after > red_before, (red_before, red_after)
     assert (out / "ratings" / "ratings.db").is_file()
     assert "ratings used" in text
 
