@@ -81,6 +81,19 @@ def all_triples() -> list[tuple[str, str, str]]:
     return [(s, c, b) for s in SHAPES for c in COLOURS for b in BACKGROUNDS]
 
 
+def draw_dataset(n_per_triple: int, seed: int) -> tuple[np.ndarray, list[int]]:
+    """`n_per_triple` drawings of every triple, (N, 64, 64, 3) uint8, and each one's index in
+    all_triples(); the same seed gives the same images (the tiny models' training data)."""
+    rng = np.random.default_rng(seed)
+    triples = all_triples()
+    imgs, labels = [], []
+    for _ in range(n_per_triple):
+        for i, t in enumerate(triples):
+            imgs.append(draw(*t, rng))
+            labels.append(i)
+    return np.stack(imgs), labels
+
+
 def all_prompts() -> list[str]:
     """Every canonical prompt, in the order of all_triples()."""
     return [prompt_for(*t) for t in all_triples()]

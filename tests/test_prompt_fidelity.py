@@ -89,3 +89,13 @@ def test_prompt_round_trip() -> None:
     for triple in shapes.all_triples():
         assert shapes.parse_prompt(shapes.prompt_for(*triple)) == triple
     assert shapes.parse_prompt("a dog") is None
+
+
+def test_draw_dataset_is_every_triple_in_order_and_reproducible():
+    imgs, labels = shapes.draw_dataset(2, seed=3)
+    n = len(shapes.all_triples())
+    assert imgs.shape == (2 * n, 64, 64, 3) and imgs.dtype == np.uint8
+    assert labels == list(range(n)) * 2
+    again, _ = shapes.draw_dataset(2, seed=3)
+    assert np.array_equal(imgs, again)
+    assert not np.array_equal(imgs, shapes.draw_dataset(2, seed=4)[0])

@@ -17,7 +17,6 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -51,14 +50,8 @@ def build_transformer():
 
 @torch.no_grad()
 def cached_latents(vae, per_prompt: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    rng = np.random.default_rng(seed)
-    triples = shapes.all_triples()
-    imgs, labels = [], []
-    for _ in range(per_prompt):
-        for i, t in enumerate(triples):
-            imgs.append(shapes.draw(*t, rng))
-            labels.append(i)
-    data = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    imgs, labels = shapes.draw_dataset(per_prompt, seed)
+    data = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     means = [vae.encode(data[i : i + 256]).latent_dist.mean for i in range(0, len(data), 256)]
     return torch.cat(means) * vae.config.scaling_factor, torch.tensor(labels)
 

@@ -17,7 +17,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import (
@@ -171,14 +170,8 @@ def build_text_encoder(tok: CLIPTokenizer) -> CLIPTextModel:
 
 def make_images(n_per_triple: int, seed: int) -> tuple[torch.Tensor, list[int]]:
     """Images in [-1, 1] (N,3,64,64) and the index of each one's prompt in all_triples()."""
-    rng = np.random.default_rng(seed)
-    triples = shapes.all_triples()
-    imgs, labels = [], []
-    for _ in range(n_per_triple):
-        for i, t in enumerate(triples):
-            imgs.append(shapes.draw(*t, rng))
-            labels.append(i)
-    arr = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    imgs, labels = shapes.draw_dataset(n_per_triple, seed)
+    arr = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     return arr, labels
 
 
