@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from trainer.random_pipeline import _text_encoder, _tokenizer
+from trainer.random_pipeline import _vae as _sd_vae
 
 CLIP_LENGTH = 16
 
@@ -43,19 +44,8 @@ def _t5_encoder(vocab_size: int, width: int):
 
 
 def _vae(scaling_factor: float, shift_factor: float):
-    """A 2x-downsampling VAE with the flow models' scaling and shift (4 latent channels)."""
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=32,
+    """The SD test VAE with the flow models' scaling and shift, without quant convs."""
+    return _sd_vae(
         scaling_factor=scaling_factor,
         shift_factor=shift_factor,
         use_quant_conv=False,

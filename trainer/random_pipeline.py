@@ -74,7 +74,8 @@ def _text_encoder(vocab_size: int, hidden: int, projection: bool, max_length: in
     return CLIPTextModelWithProjection(cfg) if projection else CLIPTextModel(cfg)
 
 
-def _vae():
+def _vae(**overrides):
+    """A 2x-downsampling VAE, 4 latent channels; `overrides` set other config keys."""
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
@@ -87,6 +88,7 @@ def _vae():
         latent_channels=4,
         norm_num_groups=4,
         sample_size=32,
+        **overrides,
     )
 
 
