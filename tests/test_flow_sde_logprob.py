@@ -71,7 +71,10 @@ def test_log_prob_matches_the_hand_computed_density(kind, noise_level):
 @pytest.mark.parametrize("kind", ["static", "dynamic"])
 def test_sde_mean_tends_to_the_euler_ode_step(kind):
     sched = static_scheduler() if kind == "static" else dynamic_scheduler()
-    x, v = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    # Seeded and in float64: in float32 the a = 1e-3 gap sits at rounding level (~2e-7),
+    # and the O(a^2) check failed on about half of the unseeded draws.
+    gen = torch.Generator().manual_seed(0)
+    x, v = (torch.randn(2, 4, 8, 8, generator=gen, dtype=torch.float64) for _ in range(2))
     for i in range(STEPS):
         t = sched.timesteps[i]
         sched._step_index = i
