@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,14 +54,9 @@ _LAST_STEP_DETERMINISTIC = {
     "sample_sde_window_size": DEMO_STEPS - 1,
     "sample_sde_window_range": (0, DEMO_STEPS - 1),
 }
-AUTOMATIC_RECIPE: dict = {
-    **_LAST_STEP_DETERMINISTIC,
-    "use_lora": True,
-    "train_learning_rate": 1e-2,
-    "train_clip_range": 1e-3,
-    "sample_group_size": 4,
-    "train_kl_coef": 0.1,
-}
+#: The automatic rewards' recipe, shared with users as a preset (its batch layout is the
+#: demo's own below).
+AUTOMATIC_PRESET = REPO_ROOT / "configs" / "presets" / "small-budget-lora.toml"
 #: Chosen on scripted red and "big" raters, confirmed on blue, green, yellow (docs/rlhf.md):
 #: approx_kl 1e-7..3e-6 per epoch, where full fine-tuning at lr 6e-4 gave 200-880 and one blob.
 HUMAN_RECIPE: dict = {
@@ -137,8 +133,8 @@ def demo_config(
         recipe = HUMAN_RECIPE
     else:
         endpoint = {"url": server_url, "scorer": reward, "weight": 1.0}
-        recipe = AUTOMATIC_RECIPE
-    return TrainConfig(
+        recipe = tomllib.loads(AUTOMATIC_PRESET.read_text(encoding="utf-8"))
+    demo = dict(
         pretrained_model=str(model),
         prompts=HUMAN_PROMPTS if reward == HUMAN else all_prompts(),
         output_dir=output_dir,
@@ -157,8 +153,8 @@ def demo_config(
         log_images_every=max(1, epochs // 5),
         rewards=[endpoint],
         reward_epoch_deadline_s=rating_deadline_s if human else 600.0,
-        **recipe,
     )
+    return TrainConfig(**{**recipe, **demo})
 
 
 @torch.no_grad()
