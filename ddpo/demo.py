@@ -159,11 +159,17 @@ def demo_config(
 
 @torch.no_grad()
 def eval_images(
-    model: Path, trained: Path | None, prompts: list[str], seeds: list[int]
+    model: Path,
+    trained: Path | None,
+    prompts: list[str],
+    seeds: list[int],
+    window: range | None = None,
 ) -> np.ndarray:
     """One image per (prompt, seed) with the trainer's own sampler (eta 1), uint8 HWC.
 
     `trained` is a run's output directory: its lora/ (LoRA) or unet/ (full fine-tuning).
+    `window`: the stochastic steps, as the run sampled them (default: all), so the
+    policy is scored as it was trained.
     """
     from diffusers import UNet2DConditionModel
 
@@ -185,8 +191,20 @@ def eval_images(
         guidance_scale=3.0,
         eta=1.0,
         resolution=64,
+        window=window,
     )
     return trajs.images
+
+
+def eval_window(cfg: TrainConfig) -> range | None:
+    """The stochastic steps the run samples with, when they are the same for every batch."""
+    from trainer.sde_window import sde_window
+
+    if not cfg.sample_sde_window_size:
+        return None
+    window = sde_window(cfg, 0, 0, 0)
+    lo, hi = cfg.sample_sde_window_range or (0, cfg.sample_num_steps)
+    return window if hi - lo == cfg.sample_sde_window_size else None
 
 
 def _score(server_url: str, scorer: str, images: np.ndarray, prompts: list[str]) -> np.ndarray:
@@ -309,7 +327,7 @@ def run_demo(
             cfg = build_config(apply_overrides(cfg.model_dump(mode="json"), list(overrides)))
         return cfg
 
-    config("http://127.0.0.1:1")  # fail on a bad override before starting anything
+    window = eval_window(config("http://127.0.0.1:1"))  # a bad override fails here, early
     if not (Path(model) / "model_index.json").is_file():
         raise FileNotFoundError(f"no diffusers pipeline at {model} (model_index.json missing)")
     output_dir = Path(output_dir)
@@ -323,7 +341,7 @@ def run_demo(
     with server:
         say(f"reward server ready at {server.url} (pid {server.proc.pid})")
         say("sampling the base model on the evaluation prompts ...")
-        before = eval_images(model, None, prompts, seeds)
+        before = eval_images(model, None, prompts, seeds, window)
         score_before = None if human else _score(server.url, reward, before, prompts)
         cfg = config(server.url)
         if human:
@@ -339,7 +357,7 @@ def run_demo(
             )
         say(f"fine-tuning with DDPO for {cfg.num_epochs} epochs ...")
         train(cfg)
-        after = eval_images(model, output_dir, prompts, seeds)
+        after = eval_images(model, output_dir, prompts, seeds, window)
         score_after = None if human else _score(server.url, reward, after, prompts)
 
     records = read_metrics(output_dir)

@@ -1,0 +1,31 @@
+"""The demo scores its held-out grid with the sampler the run trained: same stochastic steps."""
+
+from pathlib import Path
+
+from ddpo.demo import demo_config, eval_window
+from trainer.config import build_config
+from trainer.sde_window import sde_window
+
+
+def config(tmp_path: Path, **overrides):
+    cfg = demo_config("prompt_fidelity", 2, tmp_path, "http://127.0.0.1:1", Path("m"))
+    return build_config({**cfg.model_dump(mode="json"), **overrides})
+
+
+def test_fixed_window_is_the_trained_one(tmp_path):
+    cfg = config(tmp_path)
+    window = eval_window(cfg)
+    assert window is not None and len(window) == cfg.sample_sde_window_size
+    # every sampling batch of every epoch draws this same window
+    assert all(sde_window(cfg, e, 0, b) == window for e in range(3) for b in range(2))
+
+
+def test_early_window(tmp_path):
+    cfg = config(tmp_path, sample_sde_window_size=3, sample_sde_window_range=[0, 3])
+    assert eval_window(cfg) == range(0, 3)
+
+
+def test_no_window_or_a_moving_one_samples_every_step(tmp_path):
+    assert eval_window(config(tmp_path, sample_sde_window_size=0)) is None
+    moving = config(tmp_path, sample_sde_window_size=3, sample_sde_window_range=[0, 9])
+    assert eval_window(moving) is None
