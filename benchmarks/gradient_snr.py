@@ -55,6 +55,7 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
 
     from reward_server.scorers.prompt_fidelity import build as build_fidelity
     from shared.shapes import all_prompts
+    from trainer.advantages import group_advantages
     from trainer.config import TrainConfig
     from trainer.families import load_family
     from trainer.lora import add_lora
@@ -102,13 +103,9 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
         )
     trajs = Trajectories.cat(parts)
     images = [Image.fromarray(a) for a in trajs.images]
-    rewards = np.asarray(scorer.score(images, prompts)[0]).reshape(groups, k)
-    centred = rewards - rewards.mean(1, keepdims=True)
-    if args.std == "batch":
-        adv = centred / (rewards.std() + 1e-4)
-    else:
-        adv = centred / (rewards.std(1, keepdims=True) + 1e-4)
-    advantages = torch.tensor(adv.reshape(-1), dtype=torch.float32)
+    rewards = np.asarray(scorer.score(images, prompts)[0])
+    group_of = np.repeat(np.arange(groups), k)
+    advantages = torch.from_numpy(group_advantages(rewards, group_of, args.std))
     sampled_s = time.perf_counter() - start
 
     per_group = []
