@@ -29,3 +29,15 @@ def test_no_window_or_a_moving_one_samples_every_step(tmp_path):
     assert eval_window(config(tmp_path, sample_sde_window_size=0)) is None
     moving = config(tmp_path, sample_sde_window_size=3, sample_sde_window_range=[0, 9])
     assert eval_window(moving) is None
+
+
+def test_eval_images_samples_with_the_window():
+    """Deterministic steps outside the window: the last step's noise no longer reaches the image."""
+    from ddpo.demo import BUILTIN_MODEL, eval_images
+
+    prompt, seed = ["a red circle on a white background"], [101]
+    all_steps = eval_images(BUILTIN_MODEL, None, prompt, seed)
+    window = eval_images(BUILTIN_MODEL, None, prompt, seed, range(0, 9))
+    again = eval_images(BUILTIN_MODEL, None, prompt, seed, range(0, 9))
+    assert (window == again).all()
+    assert (window != all_steps).any()
