@@ -100,7 +100,7 @@ def test_auto_mode_submits_a_job_and_waits_for_ratings(server) -> None:
 def test_drop_leaves_nan_and_counts(server) -> None:
     url, store = server
     ep = RewardEndpoint(url=url, scorer="human", mode="job", missing="drop")
-    with Raters(store, hoard_first=True), RewardClient([ep], deadline_s=3) as client:
+    with Raters(store, hoard_first=True), RewardClient([ep], deadline_s=6) as client:
         res = client.submit(images(3), prompts(3)).result()
     assert np.isnan(res.rewards[0]) and res.missing_mask.tolist() == [True, False, False]
     np.testing.assert_allclose(res.rewards[1:], [2, 3])
@@ -111,7 +111,7 @@ def test_drop_leaves_nan_and_counts(server) -> None:
 def test_fallback_fills_from_a_sync_scorer(server) -> None:
     url, store = server
     ep = RewardEndpoint(url=url, scorer="human", missing="fallback", fallback_scorer="recording")
-    with Raters(store, hoard_first=True), RewardClient([ep], deadline_s=3) as client:
+    with Raters(store, hoard_first=True), RewardClient([ep], deadline_s=6) as client:
         client.check_ready(timeout_s=5)
         res = client.submit(images(3), prompts(3)).result()
     np.testing.assert_allclose(res.rewards, [0.2, 2, 3], rtol=1e-5)
@@ -143,3 +143,9 @@ def test_check_ready_checks_modes_and_fallback(server) -> None:
 def test_fallback_needs_a_scorer_name() -> None:
     with pytest.raises(ValueError, match="fallback_scorer"):
         RewardEndpoint(url="http://x", scorer="human", missing="fallback")
+
+
+def test_default_job_margin_leaves_time_for_the_missing_policy() -> None:
+    ep = RewardEndpoint(url="http://127.0.0.1:9", scorer="human")
+    margins = {d: RewardClient([ep], deadline_s=d).job_margin_s for d in (1, 6, 60, 600)}
+    assert margins == {1: 0.5, 6: 1.0, 60: 6.0, 600: 10.0}

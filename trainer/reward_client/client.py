@@ -69,8 +69,9 @@ class RewardClient:
         down does not count against `deadline_s` (see `outage.py`).
 
         Job endpoints long-poll up to `job_poll_s` per request and stop `job_margin_s`
-        (default: 10% of the deadline, at most 10 s) before the deadline, to collect
-        what is rated and apply the endpoint's `missing` policy in time.
+        (default: 10% of the deadline, clamped to 1-10 s and at most half the
+        deadline) before the deadline, to collect what is rated and apply the
+        endpoint's `missing` policy in time; a loaded host needs the 1 s floor.
         """
         if not endpoints:
             raise ValueError("RewardClient needs at least one reward endpoint")
@@ -86,7 +87,9 @@ class RewardClient:
         self.backoff_max_s = backoff_max_s
         self.job_poll_s = job_poll_s
         self.job_margin_s = (
-            min(10.0, 0.1 * self.deadline_s) if job_margin_s is None else job_margin_s
+            min(max(1.0, min(10.0, 0.1 * self.deadline_s)), 0.5 * self.deadline_s)
+            if job_margin_s is None
+            else job_margin_s
         )
         self.failover_cooldown_s = failover_cooldown_s
         self.outage_probe_s = outage_probe_s
