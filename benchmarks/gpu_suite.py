@@ -631,7 +631,7 @@ def warm_up(run, sizes: Sizes) -> Any:
         update={"sample_num_steps": sizes.warmup_steps, "sample_num_batches_per_epoch": 1}
     )
     try:
-        trajs, _ = sample_epoch(run, 0)
+        trajs, _, _ = sample_epoch(run, 0)
         update(run, 0, trajs, advantages_for(len(trajs), 0))
     finally:
         run.cfg = cfg
@@ -645,7 +645,7 @@ def timed_epoch(run, epoch: int) -> dict[str, Any]:
 
     _reset_peak()
     t0 = time.perf_counter()
-    trajs, _ = sample_epoch(run, epoch)
+    trajs, _, _ = sample_epoch(run, epoch)
     _sync()
     t1 = time.perf_counter()
     peak_sampling = _peak_gib()
@@ -795,7 +795,7 @@ def part_sd15_full_ft(args: argparse.Namespace, sizes: Sizes, report: Report) ->
     run = setup(cfg, "sd15", sizes, report)
     _reset_peak()
     t0 = time.perf_counter()
-    trajs, _ = sample_epoch(run, 0)
+    trajs, _, _ = sample_epoch(run, 0)
     _sync()
     report.put("peak_sampling_gib", _peak_gib(), NO_CUDA)
     t1 = time.perf_counter()
@@ -835,7 +835,7 @@ def part_sd15_ratio(precision: str) -> Callable[[argparse.Namespace, Sizes, Repo
             group["lr"] = 0.0  # unchanged weights: every ratio should be exactly 1
         report.settings["learning_rate"] = 0.0
         report.settings["train_clip_range"] = cfg.train_clip_range
-        trajs, _ = sample_epoch(run, 0)
+        trajs, _, _ = sample_epoch(run, 0)
         plan = plan_inner_epoch(
             len(trajs),
             cfg.sample_num_steps,

@@ -10,11 +10,16 @@ advantage x d log-prob / d LoRA weights). From the G per-group gradients:
 - cos_halves: cosine between the mean gradients of two disjoint halves of the groups
   (0 = noise, 1 = the same direction from both).
 
+With `--step-baseline` the same samples are also scored as `train_step_baseline`
+trains them: each stored step gets the advantage r - V(x_t), V the reward of the
+image its x0 prediction decodes to (trainer/step_baseline.py); both estimators'
+figures are reported side by side.
+
 It also prints how far apart the text encoder puts the prompts' shape words (cosine of
 whole-prompt embeddings differing in one word): a UNet update can only follow a prompt
 distinction its conditioning carries.
 
-    python benchmarks/gradient_snr.py --model models/tiny-sd --groups 24
+    python benchmarks/gradient_snr.py --model models/tiny-sd --groups 24 [--step-baseline]
 
 Writes benchmarks/results/gradient_snr.json (one entry per run, appended).
 """
@@ -61,6 +66,7 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
     from trainer.lora import add_lora
     from trainer.ppo import recompute_log_prob
     from trainer.sampling import Trajectories, sample_trajectories
+    from trainer.step_baseline import step_advantages
 
     torch.manual_seed(args.seed)
     family = load_family(str(args.model), None, torch.device("cpu"), torch.float32)
@@ -99,34 +105,53 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
                 resolution=64,
                 uncond=uncond,
                 window=window,
+                predict_x0_images=args.step_baseline,
             )
         )
     trajs = Trajectories.cat(parts)
-    images = [Image.fromarray(a) for a in trajs.images]
-    rewards = np.asarray(scorer.score(images, prompts)[0])
+
+    def score(images: np.ndarray, names: list[str]) -> np.ndarray:
+        return np.asarray(scorer.score([Image.fromarray(a) for a in images], names)[0])
+
+    rewards = score(trajs.images, prompts)
     group_of = np.repeat(np.arange(groups), k)
-    advantages = torch.from_numpy(group_advantages(rewards, group_of, args.std))
+    steps = len(window)
+    plain = group_advantages(rewards, group_of, args.std)
+    estimators = {"final_reward": np.repeat(plain[:, None], steps, axis=1)}
+    if args.step_baseline:
+        x0 = trajs.x0_images
+        values = score(x0.reshape(-1, *x0.shape[2:]), [p for p in prompts for _ in range(steps)])
+        cfg_b = cfg.model_copy(update={"sample_group_size": k, "group_advantage_std": args.std})
+        values = values.reshape(len(prompts), steps)
+        estimators["step_baseline"] = step_advantages(cfg_b, rewards, values, group_of)
     sampled_s = time.perf_counter() - start
 
-    per_group = []
+    per_group: dict[str, list] = {name: [] for name in estimators}
     for g in range(groups):
         rows = torch.arange(g * k, (g + 1) * k)
         batch = trajs.select(rows)
-        loss = torch.zeros(())
-        for step in range(len(window)):
-            log_prob = recompute_log_prob(
-                family, unet, batch, torch.full((k,), step), uncond, args.guidance, 1.0
-            )
-            loss = loss - (advantages[rows] * log_prob).sum()
-        grads = torch.autograd.grad(loss, params)
-        per_group.append(torch.cat([x.flatten() for x in grads]))
-    stacked = torch.stack(per_group)
-    mean = stacked.mean(0)
-    stderr = stacked.std(0) / groups**0.5
-    half = groups // 2
-    cos = torch.nn.functional.cosine_similarity(
-        stacked[:half].mean(0), stacked[half:].mean(0), dim=0
-    )
+        log_probs = [
+            recompute_log_prob(family, unet, batch, torch.full((k,), s), uncond, args.guidance, 1.0)
+            for s in range(steps)
+        ]
+        for name, adv in estimators.items():
+            a = torch.from_numpy(adv[g * k : (g + 1) * k]).float()
+            loss = -sum((a[:, s] * log_probs[s]).sum() for s in range(steps))
+            grads = torch.autograd.grad(loss, params, retain_graph=True)
+            per_group[name].append(torch.cat([x.flatten() for x in grads]))
+    figures = {}
+    for name, rows_ in per_group.items():
+        stacked = torch.stack(rows_)
+        mean = stacked.mean(0)
+        stderr = stacked.std(0) / groups**0.5
+        half = groups // 2
+        cos = torch.nn.functional.cosine_similarity(
+            stacked[:half].mean(0), stacked[half:].mean(0), dim=0
+        )
+        figures[name] = {
+            "snr": round(float(mean.norm() / stderr.norm()), 3),
+            "cos_halves": round(float(cos), 3),
+        }
     return {
         "model": str(args.model),
         "targets": args.targets,
@@ -136,9 +161,10 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
         "std": args.std,
         "only": args.only,
         "reward_mean": round(float(rewards.mean()), 4),
-        "trainable_params": int(stacked.shape[1]),
-        "snr": round(float(mean.norm() / stderr.norm()), 3),
-        "cos_halves": round(float(cos), 3),
+        "trainable_params": int(sum(p.numel() for p in params)),
+        # the final-reward estimator's figures at the top level, as in earlier entries
+        **figures["final_reward"],
+        "estimators": figures,
         "word_cosines": word_cosines(family),
         "seconds": {
             "sample": round(sampled_s, 1),
@@ -154,6 +180,11 @@ def main() -> None:
     ap.add_argument("--group-size", type=int, default=8, help="samples per prompt")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--window", type=int, default=3, help="first N steps stochastic")
+    ap.add_argument(
+        "--step-baseline",
+        action="store_true",
+        help="also measure train_step_baseline's per-step advantages on the same samples",
+    )
     ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument("--targets", nargs="+", default=["attn2.to_k", "attn2.to_v"])
     ap.add_argument("--std", choices=("group", "batch"), default="batch")

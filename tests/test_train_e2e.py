@@ -207,3 +207,17 @@ def test_groups_kl_and_ema_train_and_resume_exactly(tmp_path, server, tiny_sd):
     live = load_file(str(a / "out/checkpoints/epoch_0002/trainable.safetensors"))
     ema = load_file(str(a / "out/checkpoints/epoch_0002/ema.safetensors"))
     assert any(not torch.equal(live[k], ema[k]) for k in live)  # the average lags the weights
+
+
+def test_step_baseline_scores_every_step_and_trains(tmp_path, server, tiny_sd):
+    """`train_step_baseline`: the predicted images go to the reward server too."""
+    cfg = write_config(tmp_path, tiny_sd, server.url)
+    opts = ["--set", "sample_group_size=2", "--set", "train_step_baseline=true"]
+    ddpo("train", "--config", str(cfg), "--set", "num_epochs=2", *opts)
+    records = read_metrics(tmp_path / "out")
+    assert len(records) == 2
+    for r in records:
+        # JPEG size of the first x0 prediction (near the mean image) says little of the final
+        # one, of the last stochastic step's prediction nearly everything.
+        assert 0 <= r["step_baseline_r2_first"] < r["step_baseline_r2_last"] <= 1
+    assert (tmp_path / "out" / "lora" / "pytorch_lora_weights.safetensors").is_file()

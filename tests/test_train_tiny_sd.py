@@ -29,7 +29,7 @@ def tool():
     return module
 
 
-def run_two_steps(tool, tmp_path: Path, freeze: bool):
+def run_two_steps(tool, tmp_path: Path, freeze: bool, save_every: float = 1e9):
     torch.manual_seed(0)
     tok = tool.build_tokenizer(tmp_path)
     vae = tool.build_vae()
@@ -46,7 +46,8 @@ def run_two_steps(tool, tmp_path: Path, freeze: bool):
         batch=4,
         unet_seconds=300.0,
         unet_steps=2,
-        save_every=1e9,
+        save_every=save_every,
+        keep_snapshots=True,
         out=tmp_path / "out",
         freeze_text_encoder=freeze,
     )
@@ -69,3 +70,9 @@ def test_frozen_text_encoder_keeps_its_weights(tool, tmp_path):
 def test_joint_training_moves_the_text_encoder(tool, tmp_path):
     unet_moved, text_moved = run_two_steps(tool, tmp_path, freeze=False)
     assert unet_moved and text_moved
+
+
+def test_snapshots_are_kept_by_step(tool, tmp_path):
+    run_two_steps(tool, tmp_path, freeze=True, save_every=0.0)
+    for step in (1, 2):
+        assert (tmp_path / f"out-step{step}" / "model_index.json").is_file()

@@ -339,6 +339,9 @@ def train_unet(
             unet.eval()
             text_encoder.eval()
             save_pipeline(args.out, vae, unet, text_encoder, tok)
+            if args.keep_snapshots:  # to pick a checkpoint by fidelity afterwards
+                snap = args.out.with_name(f"{args.out.name}-step{step}")
+                save_pipeline(snap, vae, unet, text_encoder, tok)
             unet.train()
             text_encoder.train(not args.freeze_text_encoder)
             last_save = time.time()
@@ -363,6 +366,12 @@ def main() -> None:
     ap.add_argument("--vae-batch", type=int, default=16)
     ap.add_argument("--per-prompt", type=int, default=200, help="cached latents per prompt")
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument(
+        "--keep-snapshots",
+        action="store_true",
+        help="also keep each periodic save as OUT-stepN (the cosine schedule follows "
+        "--unet-minutes, so an early stop is not the same model as a snapshot)",
+    )
     ap.add_argument("--save-every", type=float, default=300.0, help="seconds between saves")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)

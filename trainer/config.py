@@ -270,6 +270,13 @@ class TrainConfig(BaseModel):
     per_prompt_stat_tracking_min_count: int = Field(
         16, ge=1, description="Below this many rewards for a prompt, batch statistics are used."
     )
+    train_step_baseline: bool = Field(
+        False,
+        description="Give each stochastic step its own baseline: the reward of the image its "
+        "x0 prediction decodes to, so a step is credited with the reward it added (r - "
+        "V(x_t); unbiased, less noise). Costs one VAE decode and one scored image per step "
+        "and sample; automatic rewards only (not human ratings), reward_aggregation = sum.",
+    )
 
     # rewards
     rewards: list[RewardEndpoint] = Field(
@@ -318,6 +325,20 @@ class TrainConfig(BaseModel):
                 raise ValueError(
                     f"sample_sde_window_size {self.sample_sde_window_size} does not fit "
                     f"sample_sde_window_range [{lo}, {hi}) within {self.sample_num_steps} steps"
+                )
+        if self.train_step_baseline:
+            rated = [ep.scorer for ep in self.rewards if ep.mode == "job" or ep.scorer == "human"]
+            if rated:
+                raise ValueError(
+                    f"train_step_baseline scores every step's predicted image; {rated[0]!r} is "
+                    "rated by people (a job endpoint): use it with automatic rewards only"
+                )
+            if self.reward_aggregation != "sum":
+                raise ValueError("train_step_baseline needs reward_aggregation = 'sum'")
+            if self.sample_group_size == 1 and self.per_prompt_stat_tracking:
+                raise ValueError(
+                    "train_step_baseline normalises within groups or over the batch: set "
+                    "sample_group_size > 1 or per_prompt_stat_tracking = false"
                 )
         if not self.train_cfg and self.sample_guidance_scale != 1.0:
             raise ValueError(

@@ -46,6 +46,19 @@ def _split_prediction(
     return x0, eps
 
 
+def ddim_predicted_x0(
+    scheduler: DDIMScheduler,
+    model_output: torch.Tensor,
+    timestep: torch.Tensor,
+    sample: torch.Tensor,
+) -> torch.Tensor:
+    """The model's estimate of the clean latent from x_t (before thresholding or clipping)."""
+    t = torch.as_tensor(timestep, device=sample.device).long().reshape(-1)
+    alphas = scheduler.alphas_cumprod.to(torch.float64)
+    alpha_prod_t = _per_sample(alphas, t.expand(sample.shape[0]) if t.numel() == 1 else t, sample)
+    return _split_prediction(scheduler, model_output, sample, alpha_prod_t)[0]
+
+
 def ddim_step_mean_std(
     scheduler: DDIMScheduler,
     model_output: torch.Tensor,

@@ -43,7 +43,7 @@ def _step_indices(scheduler: FlowMatchEulerDiscreteScheduler, timestep, like: to
     return index
 
 
-def _sigmas(scheduler, timestep, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def flow_sigmas(scheduler, timestep, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(sigma, next sigma) per sample, float64, shaped to broadcast over `like`."""
     index = _step_indices(scheduler, timestep, like)
     sigmas = scheduler.sigmas.to(like.device, torch.float64)
@@ -64,7 +64,7 @@ def flow_sde_step_mean_std(
             f"noise_level must be > 0 (got {noise_level}): at 0 the flow step is the "
             "deterministic ODE and a transition has no log-probability to optimise"
         )
-    sigma, sigma_next = _sigmas(scheduler, timestep, sample)
+    sigma, sigma_next = flow_sigmas(scheduler, timestep, sample)
     dt = sigma_next - sigma
     second = scheduler.sigmas[1].item() if len(scheduler.sigmas) > 1 else 0.0
     one_minus = 1 - torch.where(sigma >= 1, torch.full_like(sigma, second), sigma)
@@ -106,5 +106,5 @@ def flow_ode_step(
     sample: torch.Tensor,
 ) -> torch.Tensor:
     """The deterministic Euler step x + (s' - s) v, for steps outside the SDE window."""
-    sigma, sigma_next = _sigmas(scheduler, timestep, sample)
+    sigma, sigma_next = flow_sigmas(scheduler, timestep, sample)
     return sample + model_output.to(sample.dtype) * (sigma_next - sigma).to(sample.dtype)

@@ -281,7 +281,7 @@ def ppo_update(
                     stats = ppo_loss(
                         dist.log_prob(),
                         batch_old[p.rows, p.cols],
-                        batch_adv[p.rows],
+                        batch_adv[p.rows, p.cols] if batch_adv.ndim == 2 else batch_adv[p.rows],
                         cfg.train_clip_range,
                         cfg.train_adv_clip_max,
                     )

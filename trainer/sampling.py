@@ -29,6 +29,9 @@ class Trajectories:
     log_probs: torch.Tensor  # (B, T) log-prob of each sampled (stochastic) step
     timesteps: torch.Tensor  # (B, T)
     images: np.ndarray  # (B, H, W, 3) uint8
+    # (B, T, H, W, 3) uint8 with `predict_x0_images`: the image each stored latent's x0
+    # prediction decodes to (the state before each stochastic step), for step baselines.
+    x0_images: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -43,6 +46,9 @@ class Trajectories:
             log_probs=torch.cat([p.log_probs for p in parts]),
             timesteps=torch.cat([p.timesteps for p in parts]),
             images=np.concatenate([p.images for p in parts]),
+            x0_images=None
+            if any(p.x0_images is None for p in parts)
+            else np.concatenate([p.x0_images for p in parts]),
         )
 
     def to(self, device: torch.device | str) -> Trajectories:
@@ -55,6 +61,7 @@ class Trajectories:
             log_probs=self.log_probs.to(device),
             timesteps=self.timesteps.to(device),
             images=self.images,
+            x0_images=self.x0_images,
         )
 
     def select(self, index: torch.Tensor) -> Trajectories:
@@ -67,6 +74,7 @@ class Trajectories:
             log_probs=self.log_probs[index],
             timesteps=self.timesteps[index],
             images=self.images[idx],
+            x0_images=None if self.x0_images is None else self.x0_images[idx],
         )
 
 
@@ -88,6 +96,7 @@ def sample_trajectories(
     resolution: int,
     uncond: PromptEmbeds | None = None,
     window: range | None = None,
+    predict_x0_images: bool = False,
 ) -> Trajectories:
     """Run the family's chain for one batch, recording what PPO needs to re-score it.
 
@@ -98,6 +107,9 @@ def sample_trajectories(
     batch size or rank layout. The chain is kept in float32 whatever the weight
     dtype: each step's log-prob is taken on the very latent that is stored and
     later re-scored (rounding it to bf16 afterwards would bias every ratio).
+
+    `predict_x0_images`: also decode the model's x0 prediction at each stochastic
+    step (one VAE decode per step), the states a step baseline scores.
     """
     device = family.device
     scheduler = family.pipeline.scheduler
@@ -117,6 +129,7 @@ def sample_trajectories(
 
     all_latents = []
     all_log_probs = []
+    x0_images = []
     for i, t in enumerate(scheduler.timesteps):
         if i == window.start:
             all_latents.append(latents)
@@ -124,6 +137,9 @@ def sample_trajectories(
         model_in = family.model_input(latents, t_batch)
         output = family.predict(unet, model_in, t_batch, cond, uncond_b, guidance_scale)
         if i in window:
+            if predict_x0_images:
+                x0 = family.predicted_x0(output.float(), t_batch, latents)
+                x0_images.append(family.decode(x0))
             latents, log_prob = family.step_with_logprob(
                 output.float(), t_batch, latents, eta, generator=generators
             )
@@ -141,4 +157,5 @@ def sample_trajectories(
         log_probs=torch.stack(all_log_probs, dim=1).float(),
         timesteps=scheduler.timesteps[window.start : window.stop].to(device).repeat(batch, 1),
         images=images,
+        x0_images=np.stack(x0_images, axis=1) if predict_x0_images else None,
     )

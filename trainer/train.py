@@ -36,6 +36,7 @@ from trainer.run_log import RunLog
 from trainer.sampling import Trajectories, sample_seed, sample_trajectories
 from trainer.sde_window import sde_window
 from trainer.stat_tracker import PerPromptStatTracker
+from trainer.step_baseline import baseline_figures, step_advantages
 
 log = logging.getLogger(__name__)
 
@@ -117,12 +118,17 @@ def optimizer_steps_per_epoch(cfg: TrainConfig) -> int:
     return cfg.train_num_inner_epochs * batches // cfg.train_gradient_accumulation_steps
 
 
-def sample_epoch(run: Run, epoch: int) -> tuple[Trajectories, list]:
-    """Sample this rank's batches; each is sent for scoring as soon as it is decoded."""
+def sample_epoch(run: Run, epoch: int) -> tuple[Trajectories, list, list]:
+    """Sample this rank's batches; each is sent for scoring as soon as it is decoded.
+
+    The second list holds the futures of the step baselines' predicted images
+    (`train_step_baseline`; empty without), one per batch, each sample's steps in a row.
+    """
     cfg, acc = run.cfg, run.accelerator
     run.unet.eval()
     parts: list[Trajectories] = []
     futures = []
+    value_futures = []
     for b in tqdm(
         range(cfg.sample_num_batches_per_epoch),
         desc=f"epoch {epoch}: sampling",
@@ -144,17 +150,30 @@ def sample_epoch(run: Run, epoch: int) -> tuple[Trajectories, list]:
                 run.resolution,
                 uncond=run.uncond,
                 window=sde_window(cfg, epoch, run.rank, b),
+                predict_x0_images=cfg.train_step_baseline,
             )
         parts.append(traj)
         sample_ids = [f"e{epoch}-r{run.rank}-b{b}-{i}" for i in range(len(ids))]
         futures.append(run.client.submit(traj.images, traj.prompts, ids=sample_ids))
-    return Trajectories.cat(parts), futures
+        if traj.x0_images is not None:
+            steps = traj.x0_images.shape[1]
+            value_futures.append(
+                run.client.submit(
+                    traj.x0_images.reshape(-1, *traj.x0_images.shape[2:]),
+                    [p for p in traj.prompts for _ in range(steps)],
+                    ids=[f"{sid}-x0-{t}" for sid in sample_ids for t in range(steps)],
+                )
+            )
+    return Trajectories.cat(parts), futures, value_futures
 
 
 def epoch_advantages(
-    run: Run, trajs: Trajectories, rewards: RewardResult
+    run: Run, trajs: Trajectories, rewards: RewardResult, values: np.ndarray | None = None
 ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """This rank's advantages, from every rank's rewards; and the reward figures to log."""
+    """This rank's advantages, from every rank's rewards; and the reward figures to log.
+
+    With `values` (this rank's (n, steps) step baselines) the advantages are per step.
+    """
     acc = run.accelerator
     all_rewards = acc.gather(torch.as_tensor(rewards.rewards, device=acc.device)).cpu().numpy()
     all_ids = acc.gather(trajs.prompt_ids.to(acc.device)).cpu().numpy()
@@ -163,10 +182,17 @@ def epoch_advantages(
         name: acc.gather(torch.as_tensor(v, device=acc.device)).cpu().numpy()
         for name, v in sorted(rewards.per_scorer.items())
     }
-    adv, per_reward_adv = epoch_advantages_by_reward(
-        run.cfg, run.tracker, [run.prompts[i] for i in all_ids], all_rewards, per_scorer, groups
-    )
-    adv_local = torch.as_tensor(adv, dtype=torch.float32).reshape(acc.num_processes, -1)[run.rank]
+    step_figures: dict[str, float] = {}
+    if values is None:
+        adv, per_reward_adv = epoch_advantages_by_reward(
+            run.cfg, run.tracker, [run.prompts[i] for i in all_ids], all_rewards, per_scorer, groups
+        )
+    else:
+        all_values = acc.gather(torch.as_tensor(values, device=acc.device)).cpu().numpy()
+        adv, per_reward_adv = step_advantages(run.cfg, all_rewards, all_values, groups), {}
+        step_figures = baseline_figures(all_rewards, all_values)
+    adv_t = torch.as_tensor(adv, dtype=torch.float32)
+    adv_local = adv_t.reshape(acc.num_processes, -1, *adv_t.shape[1:])[run.rank]
     counts = torch.tensor(
         [rewards.num_rated, rewards.num_dropped, rewards.num_filled], device=acc.device
     )
@@ -183,6 +209,7 @@ def epoch_advantages(
         **{f"reward_{k}_std": float(np.nanstd(v)) for k, v in per_scorer.items()},
         # How hard each reward pulls (before its weight): 0 where its groups are all ties.
         **{f"advantage_{k}_abs_mean": float(np.abs(a).mean()) for k, a in per_reward_adv.items()},
+        **step_figures,
     }
     return adv_local, figures
 
@@ -357,11 +384,15 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     try:
         for epoch in range(start_epoch, cfg.num_epochs):
             t0 = time.perf_counter()
-            trajs, futures = sample_epoch(run, epoch)
+            trajs, futures, value_futures = sample_epoch(run, epoch)
             t_sampled = time.perf_counter()
             rewards, wait_s = gather_results(futures)
+            values = None
+            if value_futures:
+                scored, value_wait_s = gather_results(value_futures)
+                values, wait_s = scored.rewards.reshape(len(trajs), -1), wait_s + value_wait_s
             t_rewarded = time.perf_counter()
-            adv, reward_figures = epoch_advantages(run, trajs, rewards)
+            adv, reward_figures = epoch_advantages(run, trajs, rewards, values)
             stats = update(run, epoch, trajs, adv)
             global_step += optimizer_steps_per_epoch(cfg)
             t_trained = time.perf_counter()

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler
 
-from trainer.ddim_logprob import ddim_step_mean_std, ddim_step_with_logprob
+from trainer.ddim_logprob import ddim_predicted_x0, ddim_step_mean_std, ddim_step_with_logprob
 
 #: Conditioning tensors of a batch, each with the batch dimension first, so a
 #: trajectory buffer can concatenate, index and shuffle them without knowing
@@ -102,6 +102,12 @@ class DiffusionFamily(ABC):
         return ddim_step_with_logprob(
             scheduler, model_output, timesteps, latents, eta=eta, generator=generator
         )
+
+    def predicted_x0(
+        self, model_output: torch.Tensor, timesteps: torch.Tensor, latents: torch.Tensor
+    ) -> torch.Tensor:
+        """The clean latent the model predicts from x_t: what `train_step_baseline` scores."""
+        return ddim_predicted_x0(self.pipeline.scheduler, model_output, timesteps, latents)
 
     def deterministic_step(
         self, model_output: torch.Tensor, timesteps: torch.Tensor, latents: torch.Tensor

@@ -10,6 +10,7 @@ from trainer.flow_sde_logprob import (
     flow_ode_step,
     flow_sde_step_mean_std,
     flow_sde_step_with_logprob,
+    flow_sigmas,
 )
 
 #: T5 tokens per prompt: Flow-GRPO trains SD3.5 and FLUX.1 with 128 (train_sd3.py, train_flux.py).
@@ -65,6 +66,13 @@ class FlowMatchingFamily(DiffusionFamily):
         return flow_sde_step_with_logprob(
             self.pipeline.scheduler, model_output, timesteps, latents, eta, generator=generator
         )
+
+    def predicted_x0(
+        self, model_output: torch.Tensor, timesteps: torch.Tensor, latents: torch.Tensor
+    ) -> torch.Tensor:
+        """x_0 = x_t - sigma v (x_t = (1 - sigma) x_0 + sigma noise, v = noise - x_0)."""
+        sigma, _ = flow_sigmas(self.pipeline.scheduler, timesteps, latents)
+        return (latents.double() - sigma * model_output.double()).to(latents.dtype)
 
     def deterministic_step(
         self, model_output: torch.Tensor, timesteps: torch.Tensor, latents: torch.Tensor
