@@ -29,6 +29,7 @@ import signal, sys, threading, time, httpx
 from ddpo.server_process import RewardServerProcess
 
 signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started as a background job
+signal.signal(signal.SIGHUP, signal.SIG_DFL)  # a shell job's default, even under nohup
 mode = sys.argv[1]
 server = RewardServerProcess(["jpeg_compressibility"])
 if mode == "with":
