@@ -28,25 +28,31 @@ from trainer.stat_tracker import EPS, PerPromptStatTracker, normalize_global
 
 
 def group_advantages(
-    rewards: np.ndarray, groups: np.ndarray, std_over: Literal["group", "batch"] = "group"
+    rewards: np.ndarray,
+    groups: np.ndarray,
+    std_over: Literal["group", "batch"] = "group",
+    baselines: np.ndarray | None = None,
 ) -> np.ndarray:
     """(r - group mean) / (std + eps), the std of the group or of the whole batch.
 
     Rewards that are NaN (dropped samples) get 0 and are left out of every
-    statistic; a group with one scored sample gives it 0.
+    statistic; a group with one scored sample gives it 0. With `baselines` (N, T)
+    the advantages are per step: r - baseline, centred within the group per step
+    and scaled by the same reward std (`trainer/step_baseline.py`).
     """
     rewards = np.asarray(rewards, dtype=np.float64)
     groups = np.asarray(groups)
-    adv = np.zeros(rewards.shape, dtype=np.float32)
+    centred = rewards if baselines is None else rewards[:, None] - baselines
+    adv = np.zeros(centred.shape, dtype=np.float32)
     ok = np.isfinite(rewards)
     if not ok.any():
         return adv
     batch_std = float(rewards[ok].std())
     for group in np.unique(groups[ok]):
         members = ok & (groups == group)
-        r = rewards[members]
-        std = float(r.std()) if std_over == "group" else batch_std
-        adv[members] = (r - r.mean()) / (std + EPS)
+        std = float(rewards[members].std()) if std_over == "group" else batch_std
+        c = centred[members]
+        adv[members] = (c - c.mean(axis=0)) / (std + EPS)
     return adv
 
 

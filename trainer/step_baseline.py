@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from trainer.advantages import group_advantages
 from trainer.config import TrainConfig
-from trainer.stat_tracker import EPS
 
 
 def step_advantages(
@@ -35,23 +35,11 @@ def step_advantages(
         raise ValueError(f"{values.shape[0]} rows of values for {rewards.shape[0]} rewards")
     if groups is None or cfg.sample_group_size == 1:
         groups = np.zeros(len(rewards), dtype=np.int64)
-    groups = np.asarray(groups)
-    adv = np.zeros(values.shape, dtype=np.float32)
-    ok = np.isfinite(rewards)
-    if not ok.any():
-        return adv
     known = np.isfinite(values)
     counts = known.sum(axis=0)
     col_mean = np.where(known, values, 0.0).sum(axis=0) / np.maximum(counts, 1)
     values = np.where(known, values, col_mean)
-    gain = rewards[:, None] - values  # what the steps from x_t on added
-    batch_std = float(rewards[ok].std())
-    for group in np.unique(groups[ok]):
-        members = ok & (groups == group)
-        std = float(rewards[members].std()) if cfg.group_advantage_std == "group" else batch_std
-        g = gain[members]
-        adv[members] = (g - g.mean(axis=0)) / (std + EPS)
-    return adv
+    return group_advantages(rewards, groups, cfg.group_advantage_std, baselines=values)
 
 
 def baseline_figures(rewards: np.ndarray, values: np.ndarray) -> dict[str, float]:
