@@ -214,15 +214,28 @@ def build_bench_pipeline(path: Path, sample_size: int = SAMPLE_SIZE) -> Path:
     want = {"sample_size": sample_size, "version": 2}
     if marker.is_file() and json.loads(marker.read_text()) == want:
         return path
-    from transformers import CLIPTokenizer
-
-    from trainer.random_pipeline import _write_char_tokenizer, build_random_sd
+    from trainer.random_pipeline import build_random_sd
 
     build_random_sd(path, sample_size=sample_size)
-    tok_dir = path / "tokenizer"
+    write_portable_tokenizer(path / "tokenizer")
+    marker.write_text(json.dumps(want))
+    return path
+
+
+def write_portable_tokenizer(tok_dir: Path) -> None:
+    """Rewrite a saved pipeline's byte-level CLIP tokenizer so transformers 4 and 5 both load it.
+
+    Written as tokenizer.json (transformers 5) and as vocab.json + merges.txt (4.x);
+    the token count is checked after a reload.
+    """
+    from transformers import CLIPTokenizer
+
+    from trainer.random_pipeline import _write_char_tokenizer
+
     _write_char_tokenizer(tok_dir)  # vocab.json + merges.txt, for the slow tokenizer
     vocab = json.loads((tok_dir / "vocab.json").read_text())
-    max_length = json.loads((tok_dir / "tokenizer_config.json").read_text())["model_max_length"]
+    config = tok_dir / "tokenizer_config.json"
+    max_length = json.loads(config.read_text())["model_max_length"] if config.is_file() else 77
     try:
         tok = CLIPTokenizer(
             vocab=vocab, merges=[], model_max_length=max_length, pad_token="<|endoftext|>"
@@ -241,8 +254,6 @@ def build_bench_pipeline(path: Path, sample_size: int = SAMPLE_SIZE) -> Path:
     check = CLIPTokenizer.from_pretrained(tok_dir)
     if len(check) != len(vocab):
         raise RuntimeError(f"saved tokenizer has {len(check)} tokens, expected {len(vocab)}")
-    marker.write_text(json.dumps(want))
-    return path
 
 
 def default_pipeline_dir(sample_size: int = SAMPLE_SIZE) -> Path:

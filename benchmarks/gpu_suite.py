@@ -23,6 +23,10 @@ one slow or crashing part cannot starve the others:
   "never" and "auto";
 - sdxl_lora_bf16: SDXL at 1024 px, LoRA, sample batch 2: peak memory, epoch time;
 - aesthetic: the aesthetic scorer (CLIP ViT-L/14 + LAION MLP head) images/s at batch 64;
+- pickscore / clip_score: the CLIP text-image scorers (ViT-H/14, ViT-L/14) images/s at
+  batch 64 (benchmarks/gpu_scorers.py);
+- trl_sd15_lora_bf16: trl 0.19.1's DDPOTrainer on the same SD 1.5 pipeline and preset
+  (benchmarks/gpu_trl.py; needs --trl-site, else skipped);
 - sd35_flow_lora_bf16 / flux1_flow_lora_bf16: SD3.5-Medium and FLUX.1-dev at 512 px
   (benchmarks/gpu_flow.py), configs/sd35-medium-grpo-lora.toml and
   configs/flux1-dev-grpo-lora.toml (LoRA, bf16, gradient checkpointing; SD3.5 with CFG
@@ -74,6 +78,8 @@ for _path in (str(REPO), str(BENCH_DIR)):
 
 from _common import machine_info  # noqa: E402  (stdlib only)
 from gpu_flow import FLOW_KINDS, build_flow_pipeline  # noqa: E402  (imports torch lazily)
+from gpu_scorers import part_clip_scorer  # noqa: E402  (imports torch lazily)
+from gpu_trl import TrlUnavailable, part_trl_sd15_lora  # noqa: E402  (imports torch lazily)
 
 DEFAULT_OUT = BENCH_DIR / "results" / "gpu_suite.json"
 LORA_PRESET = REPO / "configs" / "sd15-aesthetic-lora.toml"
@@ -996,6 +1002,9 @@ PARTS: list[Part] = [
     Part("sd15_ratio_fp16", "PPO ratio, unchanged weights, fp16", part_sd15_ratio("fp16")),
     Part("sd15_full_ft", "SD 1.5 full fine-tuning memory", part_sd15_full_ft),
     Part("aesthetic", "aesthetic scorer images/s", part_aesthetic),
+    Part("pickscore", "PickScore (ViT-H/14) scorer images/s", part_clip_scorer("pickscore")),
+    Part("clip_score", "CLIPScore (ViT-L/14) scorer images/s", part_clip_scorer("clip_score")),
+    Part("trl_sd15_lora_bf16", "trl 0.19.1 SD 1.5 LoRA bf16 epoch", part_trl_sd15_lora("bf16")),
     Part("sdxl_lora_bf16", "SDXL 1024 px LoRA bf16 epoch", part_sdxl_lora),
     Part(
         "sd35_flow_lora_bf16",
@@ -1025,6 +1034,8 @@ def child_main(args: argparse.Namespace, name: str, out: Path) -> int:
         if not args.progress:
             quiet_progress_bars()
         part.run(args, sizes, report)
+    except TrlUnavailable as exc:
+        status = {"status": "skipped", "reason": str(exc)}
     except BaseException as exc:  # noqa: BLE001  (an OOM or a typo: report, do not hide)
         status = {
             "status": "failed",
@@ -1066,11 +1077,14 @@ def preimport() -> None:
     import accelerate  # noqa: F401
     import diffusers  # noqa: F401
     import peft  # noqa: F401
+    import scorer_throughput  # noqa: F401
     import torch  # noqa: F401
     import transformers  # noqa: F401
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline  # noqa: F401
 
     import reward_server.scorers.aesthetic  # noqa: F401
+    import reward_server.scorers.clip_score  # noqa: F401
+    import reward_server.scorers.pickscore  # noqa: F401
     import trainer.ppo  # noqa: F401
     import trainer.train  # noqa: F401
 
@@ -1081,16 +1095,17 @@ class Child:
     def __init__(self, args: argparse.Namespace, name: str, out: Path) -> None:
         self.proc: subprocess.Popen | None = None
         self.code: int | None = None
-        if args.start == "spawn":
+        import torch
+
+        spawn = args.start == "spawn" or torch.cuda.is_initialized()
+        if spawn and args.start == "fork":  # forking would copy a live CUDA context: unsafe
+            print("[gpu_suite] CUDA is initialised in the parent: spawning instead", flush=True)
+        if spawn:
             cmd = [sys.executable, str(Path(__file__).resolve()), *args.argv]
             cmd += ["--child", name, "--child-out", str(out)]
             self.proc = subprocess.Popen(cmd, start_new_session=True)
             self.pid = self.proc.pid
             return
-        import torch
-
-        if torch.cuda.is_initialized():
-            raise RuntimeError("CUDA was initialised in the parent: forking is unsafe, use spawn")
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
@@ -1210,7 +1225,12 @@ def headline(name: str, result: dict[str, Any]) -> str:
             f"auto {_fmt(f.get('log_ratio_abs_max_auto'), '.1e')} "
             f"(target <= {_fmt(result.get('settings', {}).get('target_abs_log_ratio'), '.0e')})"
         )
-    if name == "aesthetic":
+    if name.startswith("trl_"):
+        return (
+            f"epoch {_fmt(f.get('epoch_s'))} s (sampling {_fmt(f.get('sampling_s'))}, "
+            f"training {_fmt(f.get('training_s'))}), peak {_fmt(f.get('peak_memory_gib'))} GiB"
+        )
+    if name in ("aesthetic", "pickscore", "clip_score"):
         return (
             f"{_fmt(f.get('images_per_s'), '.0f')} img/s end to end, model "
             f"{_fmt(f.get('model_images_per_s'), '.0f')} (bf16 "
@@ -1226,11 +1246,11 @@ def print_table(doc: dict[str, Any]) -> None:
         f"\nGPU suite on {device.get('name', '?')} (torch {device.get('torch', '?')}, "
         f"CUDA {device.get('cuda')}); peak assumed: {device.get('peak_bf16_flops_source', '?')}"
     )
-    print(f"{'part':<16} {'status':<8} {'wall s':>7}  figures")
+    print(f"{'part':<20} {'status':<8} {'wall s':>7}  figures")
     for name, result in doc["parts"].items():
         wall = result.get("wall_s")
         print(
-            f"{name:<16} {result.get('status', '?'):<8} {_fmt(wall, '7.1f'):>7}  "
+            f"{name:<20} {result.get('status', '?'):<8} {_fmt(wall, '7.1f'):>7}  "
             f"{headline(name, result)}"
         )
 
@@ -1278,6 +1298,13 @@ def main(argv: list[str] | None = None) -> int:
         "from this process after importing once (default with --smoke: seconds, not minutes)",
     )
     parser.add_argument("--progress", action="store_true", help="show the trainer's tqdm bars")
+    parser.add_argument(
+        "--trl-site",
+        type=Path,
+        default=None,
+        help="folder of trl 0.19.1 and the libraries it needs (pip --target), for "
+        "trl_sd15_lora_bf16 (default: .site-trl in the project root; skipped without it)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

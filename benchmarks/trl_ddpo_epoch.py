@@ -43,6 +43,20 @@ def jpeg_compressibility(images, prompts, metadata):
     return np.array(sizes, dtype=np.float32), {}
 
 
+def with_overrides(settings: dict, pairs: list[str]) -> dict:
+    """SETTINGS with `KEY=VALUE` pairs applied; an unknown key is an error, not a no-op."""
+    out = dict(settings)
+    for pair in pairs:
+        key, _, raw = pair.partition("=")
+        if key not in out:
+            raise SystemExit(f"--set: unknown setting {key!r}; known: {', '.join(out)}")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
 class PhaseTimer:
     def __init__(self) -> None:
         self.acc: dict[str, float] = {}
@@ -70,16 +84,35 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument(
+        "--warmup-batches",
+        type=int,
+        default=None,
+        help="run the first epoch with this many sampling batches (a warm-up at the timed "
+        "shapes, cheaper than a whole epoch); later epochs use the setting",
+    )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one of the shared SETTINGS (VALUE as JSON, else a string); "
+        "the GPU suite passes DDPO's reference settings this way",
+    )
     args = ap.parse_args()
 
     warnings.filterwarnings("ignore")
+    # transformers 4.53 imports the `kernels` package whenever one is installed, and the
+    # releases our venv has need huggingface_hub >= 1, which trl's stack cannot take:
+    # hide it (find_spec answers None for a None entry), trl never uses it.
+    sys.modules.setdefault("kernels", None)
     import torch
     from trl import DDPOConfig, DDPOTrainer, DefaultDDPOStableDiffusionPipeline
 
     if os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
-    s = SETTINGS
+    s = with_overrides(SETTINGS, args.set)
     logdir = tempfile.mkdtemp(prefix="trl-ddpo-")
     config = DDPOConfig(
         num_epochs=args.epochs,
@@ -125,14 +158,28 @@ def main() -> None:
     timer.wrap(trainer, "compute_rewards", "reward_s")
     timer.wrap(trainer, "_train_batched_samples", "training_s")
 
+    cuda = torch.cuda.is_available()
     epochs = []
     global_step = 0
     for epoch in range(args.epochs):
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        batches = config.sample_num_batches_per_epoch
+        if epoch == 0 and args.warmup_batches:
+            config.sample_num_batches_per_epoch = args.warmup_batches
         t0 = time.perf_counter()
         global_step = trainer.step(epoch, global_step)
+        config.sample_num_batches_per_epoch = batches
+        if cuda:
+            torch.cuda.synchronize()
         total = time.perf_counter() - t0
         phases = timer.take()
         row = {"epoch": epoch, "total_s": total, **phases}
+        if epoch == 0 and args.warmup_batches:
+            row["warmup_batches"] = args.warmup_batches
+        if cuda:
+            row["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
         row["overhead_s"] = total - sum(phases.values())
         epochs.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
@@ -143,6 +190,8 @@ def main() -> None:
             {
                 "machine": machine_info(),
                 "versions": versions(TRL_PACKAGES),
+                "settings": s,
+                "device": torch.cuda.get_device_name(0) if cuda else "cpu",
                 "load_s": load_s,
                 "epochs": epochs,
             },

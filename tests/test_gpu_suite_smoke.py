@@ -45,6 +45,14 @@ RATIO = [
     "update_s_never",
     "update_s_auto",
 ]
+SCORER = [
+    "params",
+    "images_per_s",
+    "peak_memory_gib",
+    "preprocess_images_per_s",
+    "model_images_per_s",
+    "model_images_per_s_bf16",
+]
 EXPECTED = {
     "sd15_lora_bf16": EPOCH,
     "sd15_lora_fp16": EPOCH,
@@ -52,6 +60,9 @@ EXPECTED = {
     "sd15_ratio_fp16": RATIO,
     "sd15_full_ft": ["params", "peak_training_gib", "fits_24gb", "training_s"],
     "aesthetic": ["images_per_s", "model_images_per_s", "model_images_per_s_bf16"],
+    "pickscore": SCORER,
+    "clip_score": SCORER,
+    "trl_sd15_lora_bf16": None,  # skipped: trl's own stack is not installed here
     "sdxl_lora_bf16": EPOCH,
     "sd35_flow_lora_bf16": EPOCH,
     "flux1_flow_lora_bf16": EPOCH,
@@ -83,11 +94,16 @@ def _finite(value: Any) -> bool:
 
 def test_every_part_gives_its_figures_or_why_not(tmp_path):
     # --peak-flops: the CPU has no data-sheet peak, so the MFU code runs against this one.
-    proc, doc = _run(tmp_path, "--peak-flops", "1e12")
+    missing = tmp_path / "no-trl-here"
+    proc, doc = _run(tmp_path, "--peak-flops", "1e12", "--trl-site", str(missing))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert list(doc["parts"]) == [*EXPECTED]
     for part, names in EXPECTED.items():
         result = doc["parts"][part]
+        if names is None:
+            assert result["status"] == "skipped", (part, result.get("error"))
+            assert str(missing) in result["reason"]
+            continue
         assert result["status"] == "ok", (part, result.get("error"), result.get("traceback"))
         for name in names:
             assert name in result["figures"] or result["unavailable"].get(name), (part, name)
