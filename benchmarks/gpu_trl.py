@@ -63,7 +63,7 @@ def part_trl_sd15_lora(precision: str) -> Callable[[argparse.Namespace, Any, Any
     def run_part(args: argparse.Namespace, sizes: Any, report: Any) -> None:
         import torch
         from _common import write_portable_tokenizer
-        from gpu_suite import LORA_PRESET, build_pipeline
+        from gpu_epoch import LORA_PRESET, build_pipeline
 
         from trainer.config import load_config
 
