@@ -24,6 +24,7 @@ import warnings
 from pathlib import Path
 
 from _common import SETTINGS, TRL_PACKAGES, machine_info, prompts, versions
+from _op_profile import OpProfiler
 
 
 def jpeg_compressibility(images, prompts, metadata):
@@ -70,6 +71,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument(
+        "--op-profile", type=Path, help="write an operator profile of epochs after the first here"
+    )
     args = ap.parse_args()
 
     warnings.filterwarnings("ignore")
@@ -124,10 +128,15 @@ def main() -> None:
     timer.wrap(trainer, "_generate_samples", "sampling_s")
     timer.wrap(trainer, "compute_rewards", "reward_s")
     timer.wrap(trainer, "_train_batched_samples", "training_s")
+    ops = OpProfiler()
+    if args.op_profile:
+        ops.wrap(trainer, "_generate_samples", "sampling")
+        ops.wrap(trainer, "_train_batched_samples", "training")
 
     epochs = []
     global_step = 0
     for epoch in range(args.epochs):
+        ops.active = epoch >= 1
         t0 = time.perf_counter()
         global_step = trainer.step(epoch, global_step)
         total = time.perf_counter() - t0
@@ -137,6 +146,8 @@ def main() -> None:
         epochs.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
 
+    if args.op_profile:
+        ops.dump(args.op_profile)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
