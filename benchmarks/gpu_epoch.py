@@ -260,7 +260,7 @@ def timed_epoch(run, epoch: int) -> dict[str, Any]:
 
 def epoch_report(run, sizes: Sizes, report: Report, peak_flops: float | None, why: str) -> None:
     """Warm-up, one timed epoch, FLOP utilisation: the figures of the *_lora_* parts."""
-    from trainer.ppo import DRIFT_TOLERANCE, trained_steps_per_sample
+    from trainer.ppo import trained_steps_per_sample
 
     cfg = run.cfg
     warm = warm_up(run, sizes)
@@ -285,7 +285,7 @@ def epoch_report(run, sizes: Sizes, report: Report, peak_flops: float | None, wh
     report.figures["log_ratio_abs_max"] = stats.get("log_ratio_abs_max")
     drift = stats.get("old_log_prob_drift")
     report.put("old_log_prob_drift", drift, "not probed (train_recompute_old_log_probs never)")
-    recomputed = drift is not None and drift > DRIFT_TOLERANCE
+    recomputed = bool(stats.get("old_log_prob_recomputed", 0.0))
     report.figures["recomputed_old_log_probs"] = recomputed
 
     # Model FLOPs: forward FLOPs of a training pass x 3 (forward + backward), per trained

@@ -7,9 +7,10 @@ reversed on odd rounds; each process's first epoch is a warm-up and is left out.
 
 - remote: the reward server is a jpeg_compressibility subprocess with one
   passive thread (its CPU use is a few ms per epoch: a stand-in for a server on
-  another host); the trainer runs with OMP_WAIT_POLICY=PASSIVE (the old `ddpo`
-  default), unset (the default now), ACTIVE, or unset with a short spin
-  (GOMP_SPINCOUNT=10000, libgomp's default is 300000).
+  another host); the trainer runs with OMP_WAIT_POLICY=PASSIVE (the `ddpo`
+  default until 2026-12-01), libgomp's default spin (300000), nothing exported
+  (what `ddpo` sets then: ddpo/thread_defaults.py), ACTIVE, a shorter spin
+  (GOMP_SPINCOUNT 10000 or 1000), or one thread.
 - colocated: the server scores with prompt_fidelity (a torch CNN, so its own
   OpenMP threads matter) on the same cores: "old" is what `ddpo demo` and
   RewardServerProcess gave before (PASSIVE for both, the server on all cores),
@@ -61,15 +62,27 @@ ACTIVE = {"OMP_WAIT_POLICY": "ACTIVE"}
 ONE_PASSIVE = {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
 #: Policy unset, but spin ~30x shorter than libgomp's default (300000) before sleeping.
 SPIN_10K = {"GOMP_SPINCOUNT": "10000"}
+SPIN_1K = {"GOMP_SPINCOUNT": "1000"}
+#: libgomp's own default with OMP_WAIT_POLICY unset, set explicitly: `ddpo` now sets a
+#: shorter spin when neither variable is exported (ddpo/thread_defaults.py).
+SPIN_LIBGOMP = {"GOMP_SPINCOUNT": "300000"}
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 #: name: (trainer env, scorer, server env; None: RewardServerProcess's own defaults)
 CASES: dict[str, tuple[dict[str, str], str, dict[str, str] | None]] = {
     "remote, trainer PASSIVE (old default)": (PASSIVE, "jpeg_compressibility", ONE_PASSIVE),
-    "remote, trainer unset (new default)": ({}, "jpeg_compressibility", ONE_PASSIVE),
+    "remote, trainer libgomp default (GOMP_SPINCOUNT=300000)": (
+        SPIN_LIBGOMP,
+        "jpeg_compressibility",
+        ONE_PASSIVE,
+    ),
+    "remote, trainer ddpo default (nothing exported)": ({}, "jpeg_compressibility", ONE_PASSIVE),
     "remote, trainer ACTIVE": (ACTIVE, "jpeg_compressibility", ONE_PASSIVE),
     "remote, trainer GOMP_SPINCOUNT=10000": (SPIN_10K, "jpeg_compressibility", ONE_PASSIVE),
+    "remote, trainer GOMP_SPINCOUNT=1000": (SPIN_1K, "jpeg_compressibility", ONE_PASSIVE),
+    "remote, trainer OMP_NUM_THREADS=1": (ONE_THREAD, "jpeg_compressibility", ONE_PASSIVE),
     "colocated old: both PASSIVE, server all cores": (PASSIVE, "prompt_fidelity", PASSIVE),
-    "colocated new: trainer unset, RewardServerProcess": ({}, "prompt_fidelity", None),
+    "colocated new: trainer ddpo default, RewardServerProcess": ({}, "prompt_fidelity", None),
     "colocated naive: nothing set anywhere": ({}, "prompt_fidelity", {}),
     "colocated active: both ACTIVE, server all cores": (ACTIVE, "prompt_fidelity", ACTIVE),
 }

@@ -24,6 +24,7 @@ import warnings
 from pathlib import Path
 
 from _common import SETTINGS, TRL_PACKAGES, machine_info, prompts, versions
+from _op_profile import OpProfiler
 
 
 def jpeg_compressibility(images, prompts, metadata):
@@ -99,6 +100,9 @@ def main() -> None:
         help="override one of the shared SETTINGS (VALUE as JSON, else a string); "
         "the GPU suite passes DDPO's reference settings this way",
     )
+    ap.add_argument(
+        "--op-profile", type=Path, help="write an operator profile of epochs after the first here"
+    )
     args = ap.parse_args()
 
     warnings.filterwarnings("ignore")
@@ -157,6 +161,10 @@ def main() -> None:
     timer.wrap(trainer, "_generate_samples", "sampling_s")
     timer.wrap(trainer, "compute_rewards", "reward_s")
     timer.wrap(trainer, "_train_batched_samples", "training_s")
+    ops = OpProfiler()
+    if args.op_profile:
+        ops.wrap(trainer, "_generate_samples", "sampling")
+        ops.wrap(trainer, "_train_batched_samples", "training")
 
     cuda = torch.cuda.is_available()
     epochs = []
@@ -168,6 +176,7 @@ def main() -> None:
         batches = config.sample_num_batches_per_epoch
         if epoch == 0 and args.warmup_batches:
             config.sample_num_batches_per_epoch = args.warmup_batches
+        ops.active = epoch >= 1
         t0 = time.perf_counter()
         global_step = trainer.step(epoch, global_step)
         config.sample_num_batches_per_epoch = batches
@@ -184,6 +193,8 @@ def main() -> None:
         epochs.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
 
+    if args.op_profile:
+        ops.dump(args.op_profile)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(

@@ -14,6 +14,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from ddpo.thread_defaults import apply_thread_defaults
+
 app = typer.Typer(
     help="Fine-tune text-to-image diffusion models with DDPO against a reward server.",
     no_args_is_help=True,
@@ -261,10 +263,11 @@ def fit_reward(
 
 
 def main() -> None:
-    # No OpenMP defaults: threads that spin-wait are what is fast on free cores (a global
-    # OMP_WAIT_POLICY=PASSIVE made epochs 2.2x slower). A reward server started beside the
-    # trainer (RewardServerProcess: ddpo demo) gets one passive thread instead; on cores
-    # shared with other busy programs, export PASSIVE yourself (docs/benchmarks.md).
+    # A bounded OpenMP spin unless the user chose a wait behaviour: nearly the speed of
+    # spinning on free cores, no collapse beside another busy program (PASSIVE everywhere
+    # made epochs 2.2x slower, libgomp's long spin 6x slower beside one). A reward server
+    # started beside the trainer (RewardServerProcess: ddpo demo) gets one passive thread.
+    apply_thread_defaults(os.environ)
     app()
 
 

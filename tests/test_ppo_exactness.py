@@ -13,7 +13,7 @@ from accelerate.state import AcceleratorState
 
 from trainer.config import TrainConfig
 from trainer.families import load_family
-from trainer.ppo import DRIFT_TOLERANCE, ppo_update
+from trainer.ppo import DRIFT_TOLERANCE, FP32_CLIP_SHARE, ppo_update
 from trainer.sampling import sample_trajectories
 from trainer.train import prepare_trainable_unet
 
@@ -175,3 +175,41 @@ def test_auto_recomputes_nothing_when_kernels_agree(tiny_sd):
         assert counter.calls == passes + extra, mode
         assert stats["log_ratio_abs_max"] <= TOLERANCE["no"]
     assert stats["old_log_prob_drift"] <= DRIFT_TOLERANCE
+
+
+def _offset_update(setup: _Setup, offset: float, **overrides) -> tuple[dict[str, float], int]:
+    """Update with every stored log-prob moved by `offset` (a drift of known size);
+    returns the stats and the UNet passes it took."""
+    counter = setup.unet.module if hasattr(setup.unet, "module") else setup.unet
+    stored = setup.trajs.log_probs
+    setup.trajs.log_probs = stored + offset
+    counter.calls = 0
+    try:
+        stats = setup.update(train_recompute_old_log_probs="auto", **overrides)
+    finally:
+        setup.trajs.log_probs = stored
+    return stats, counter.calls
+
+
+@pytest.mark.parametrize(
+    ("mixed_precision", "clip_range", "recompute"),
+    [
+        ("no", 1e-4, False),  # 5e-6 is a twentieth of the clip range: PPO cannot notice it
+        ("no", 2e-5, True),  # the same drift is a quarter of this clip range
+        ("bf16", 1e-4, True),  # reduced precision stays exact whatever the clip range
+    ],
+)
+def test_auto_recomputes_what_ppo_can_notice(tiny_sd, mixed_precision, clip_range, recompute):
+    """`auto` scales its decision to the clip range in float32 and stays exact in bf16."""
+    cfg = _config(tiny_sd, mixed_precision, train_clip_range=clip_range)
+    setup = _Setup(tiny_sd, cfg, wrap=lambda unet: _ShapeDependentUNet(unet, rows=-1))
+    passes = (6 // 3) * (STEPS // 4)
+    stats, calls = _offset_update(setup, 5e-6)
+    assert 2e-6 < stats["old_log_prob_drift"] < 2e-5
+    assert stats["old_log_prob_recomputed"] == float(recompute)
+    if recompute:  # probe + recompute + training; the ratio is exact again
+        assert calls == 1 + 2 * passes
+        assert stats["log_ratio_abs_max"] <= TOLERANCE[mixed_precision]
+    else:  # the probe alone; the ratio keeps the harmless offset
+        assert calls == 1 + passes
+        assert 2e-6 < stats["log_ratio_abs_max"] < FP32_CLIP_SHARE * clip_range

@@ -1,9 +1,9 @@
-"""OpenMP defaults: the trainer keeps the user's (fast) ones; a co-located server gets few threads.
+"""OpenMP defaults: `ddpo` spins briefly unless told otherwise; a co-located server gets one thread.
 
 `ddpo` once put OMP_WAIT_POLICY=PASSIVE into every command's environment, which
-made an epoch on 2 cores 2.2x slower (docs/benchmarks.md, 2026-12-01) and went
-unnoticed because the benchmarks and tests pin OMP_NUM_THREADS=1. These checks
-need no timing: they look at the environment each process gets.
+made an epoch on 2 cores 2.2x slower (docs/benchmarks.md, 2026-12-01); without
+it libgomp's long spin collapsed beside another busy program (issue 27). These
+checks need no timing: they look at the environment each process gets.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import pytest
 
 import ddpo.cli as cli
 from ddpo.server_process import RewardServerProcess
+from ddpo.thread_defaults import SPIN_DEFAULTS
 
 OMP_VARS = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOMP_SPINCOUNT")
 
@@ -27,22 +28,39 @@ def _clean_environ(monkeypatch, **omp: str) -> None:
     monkeypatch.setattr(os, "environ", {**env, **omp})
 
 
-def test_cli_main_sets_no_openmp_variables(monkeypatch):
-    """What `ddpo train` runs with is what the user exported, nothing added."""
+def test_cli_main_sets_a_bounded_spin(monkeypatch):
+    """Nothing exported: `ddpo` spins briefly, then sleeps (never libgomp's long spin)."""
     _clean_environ(monkeypatch)
     seen: dict[str, str | None] = {}
     monkeypatch.setattr(cli, "app", lambda: seen.update({n: os.environ.get(n) for n in OMP_VARS}))
     cli.main()
-    assert seen == dict.fromkeys(OMP_VARS)
+    assert seen == {**dict.fromkeys(OMP_VARS), **SPIN_DEFAULTS}
+    assert int(SPIN_DEFAULTS["GOMP_SPINCOUNT"]) < 300000  # libgomp's default
 
 
-def test_cli_main_keeps_the_users_openmp_variables(monkeypatch):
-    _clean_environ(monkeypatch, OMP_WAIT_POLICY="ACTIVE", OMP_NUM_THREADS="2")
+@pytest.mark.parametrize(
+    "chosen", [{"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "300000"}, {}]
+)
+def test_cli_main_keeps_the_users_openmp_variables(monkeypatch, chosen):
+    _clean_environ(monkeypatch, OMP_NUM_THREADS="2", **chosen)
     seen: dict[str, str | None] = {}
     monkeypatch.setattr(cli, "app", lambda: seen.update({n: os.environ.get(n) for n in OMP_VARS}))
     cli.main()
-    assert seen["OMP_WAIT_POLICY"] == "ACTIVE"
     assert seen["OMP_NUM_THREADS"] == "2"
+    expected = chosen or SPIN_DEFAULTS  # a wait behaviour the user chose is left alone
+    assert {k: seen[k] for k in expected} == expected
+    if chosen:
+        assert {k: v for k, v in seen.items() if v is not None} == {
+            "OMP_NUM_THREADS": "2",
+            **chosen,
+        }
+
+
+def test_cli_does_not_load_torch_before_main():
+    """libgomp reads GOMP_SPINCOUNT once, when torch loads it: that must come after main()."""
+    code = "import sys, ddpo.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def _environ_of(pid: int) -> dict[str, str]:

@@ -119,9 +119,32 @@ def num_passes(cfg: TrainConfig) -> int:
     return math.ceil(trained_steps_per_sample(cfg) / cfg.train_timesteps_per_pass)
 
 
-#: Largest |log-prob at sampling - log-prob at the training batch shape| taken as "the same":
-#: under it the old log-probs are kept, over it (`auto`) they are recomputed.
+#: Largest |log-prob at sampling - log-prob at the training batch shape| taken as "the same"
+#: under reduced precision (bf16/fp16): over it, `auto` recomputes the old log-probs.
 DRIFT_TOLERANCE = 1e-6
+#: In float32, the share of the clip range a drift may take before `auto` recomputes.
+FP32_CLIP_SHARE = 0.1
+
+
+def recompute_tolerance(cfg: TrainConfig, device: torch.device) -> float:
+    """The largest probed drift `auto` keeps the sampled log-probs for.
+
+    A drift d offsets every log ratio by up to d, and PPO only notices a ratio
+    through its clip at +-`train_clip_range`. In true float32 the kernels'
+    rounding differences are ~1e-7 relative and the probed last step magnifies
+    them most, so a drift under a tenth of the clip range cannot move a ratio
+    across the clip by more than a tenth of it: recomputing would cost a
+    forward per trained step (1.2-1.5x the update, docs/benchmarks.md) for
+    nothing. Under bf16/fp16, or float32 on a GPU that allows TF32, one probe
+    does not bound the rounding of the other steps (a drift of 0.2 sat on one
+    step alone), so any drift there is recomputed.
+    """
+    tf32 = device.type == "cuda" and (
+        torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32
+    )
+    if cfg.mixed_precision != "no" or tf32:
+        return DRIFT_TOLERANCE
+    return max(DRIFT_TOLERANCE, FP32_CLIP_SHARE * cfg.train_clip_range)
 
 
 @dataclass
@@ -241,7 +264,7 @@ def ppo_update(
         for _ in range(cfg.train_num_inner_epochs)
     ]
     unet.train()
-    old_log_probs, drift = _old_log_probs(
+    old_log_probs, drift, recomputed = _old_log_probs(
         accelerator, family, unet, trajs, plans[0], cfg, train_uncond
     )
     old_log_probs = old_log_probs.to(family.device)
@@ -308,6 +331,7 @@ def ppo_update(
     out["log_ratio_abs_max"] = float(torch.stack(totals["log_ratio_abs_max"]).max())
     if drift is not None:
         out["old_log_prob_drift"] = drift
+        out["old_log_prob_recomputed"] = float(recomputed)
     return out
 
 
@@ -352,19 +376,19 @@ def _old_log_probs(
     first_epoch: list[list[TrainPass]],
     cfg: TrainConfig,
     uncond: PromptEmbeds | None,
-) -> tuple[torch.Tensor, float | None]:
+) -> tuple[torch.Tensor, float | None, bool]:
     """The log-probs PPO divides by: as sampled, or recomputed (`train_recompute_old_log_probs`).
 
     `auto` probes one pass of each shape the first inner epoch uses and
-    recomputes that whole inner epoch's entries only if the kernels gave a
-    different log-prob at the training batch shape. The probe re-scores the last
-    denoising step, whose small sigma magnifies a rounding difference most (a
-    probe on random steps missed a drift of 0.2 confined to it). The drift is
-    None if not probed.
+    recomputes that whole inner epoch's entries only if the log-prob at the
+    training batch shape moved by more than `recompute_tolerance`. The probe
+    re-scores the last denoising step, whose small sigma magnifies a rounding
+    difference most (a probe on random steps missed a drift of 0.2 confined to
+    it). Returns (log-probs, drift or None if not probed, whether recomputed).
     """
     mode = cfg.train_recompute_old_log_probs
     if mode == "never" or not first_epoch:
-        return trajs.log_probs, None
+        return trajs.log_probs, None, False
     if mode == "auto":
         probes: dict[int, TrainPass] = {}
         last_step = trajs.log_probs.shape[1] - 1
@@ -375,6 +399,7 @@ def _old_log_probs(
         _, drift = rescore_old_log_probs(
             accelerator, family, unet, trajs, [[p] for p in probes.values()], cfg, uncond
         )
-        if drift <= DRIFT_TOLERANCE:
-            return trajs.log_probs, drift
-    return rescore_old_log_probs(accelerator, family, unet, trajs, first_epoch, cfg, uncond)
+        if drift <= recompute_tolerance(cfg, family.device):
+            return trajs.log_probs, drift, False
+    old, drift = rescore_old_log_probs(accelerator, family, unet, trajs, first_epoch, cfg, uncond)
+    return old, drift, True
