@@ -154,10 +154,15 @@ def main() -> None:
     from ddpo.server_process import RewardServerProcess
 
     info = machine_info()
-    model_dirs = args.model_dir or [
-        build_bench_pipeline(default_pipeline_dir(args.random_size), args.random_size),
-        REPO / "models" / "tiny-sd",
-    ]
+    # Absolute: trl's child runs in a work directory, where a relative path reads as a hub id.
+    model_dirs = (
+        [d.resolve() for d in args.model_dir]
+        if args.model_dir
+        else [
+            build_bench_pipeline(default_pipeline_dir(args.random_size), args.random_size),
+            REPO / "models" / "tiny-sd",
+        ]
+    )
     names = [d.name for d in model_dirs]
     env = child_env(single_thread=args.single_thread)
     work = Path(tempfile.mkdtemp(prefix="ddpo-compare-"))

@@ -122,10 +122,14 @@ def main() -> None:
     from ddpo.server_process import RewardServerProcess
 
     info = machine_info()
-    dirs = args.model_dir or [
-        build_bench_pipeline(default_pipeline_dir()),
-        REPO / "models" / "tiny-sd",
-    ]
+    dirs = (
+        [d.resolve() for d in args.model_dir]
+        if args.model_dir
+        else [
+            build_bench_pipeline(default_pipeline_dir()),
+            REPO / "models" / "tiny-sd",
+        ]
+    )
     env = child_env({"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)})
     work = Path(tempfile.mkdtemp(prefix="ddpo-phase-"))
     results = {}
