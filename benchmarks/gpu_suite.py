@@ -74,6 +74,7 @@ for _path in (str(REPO), str(BENCH_DIR)):
 
 from _common import machine_info  # noqa: E402  (stdlib only)
 from gpu_flow import FLOW_KINDS, build_flow_pipeline  # noqa: E402  (imports torch lazily)
+from gpu_forward import part_sd15_nft  # noqa: E402  (imports gpu_suite when run)
 
 DEFAULT_OUT = BENCH_DIR / "results" / "gpu_suite.json"
 LORA_PRESET = REPO / "configs" / "sd15-aesthetic-lora.toml"
@@ -995,6 +996,7 @@ PARTS: list[Part] = [
     Part("sd15_ratio_bf16", "PPO ratio, unchanged weights, bf16", part_sd15_ratio("bf16")),
     Part("sd15_ratio_fp16", "PPO ratio, unchanged weights, fp16", part_sd15_ratio("fp16")),
     Part("sd15_full_ft", "SD 1.5 full fine-tuning memory", part_sd15_full_ft),
+    Part("sd15_nft_bf16", "SD 1.5 512 px LoRA bf16 NFT epoch", part_sd15_nft("bf16")),
     Part("aesthetic", "aesthetic scorer images/s", part_aesthetic),
     Part("sdxl_lora_bf16", "SDXL 1024 px LoRA bf16 epoch", part_sdxl_lora),
     Part(
