@@ -61,6 +61,7 @@ for _path in (str(REPO), str(BENCH_DIR)):
 
 from _common import machine_info  # noqa: E402  (stdlib only)
 from gpu_archs import FULL, SMOKE, Sizes  # noqa: E402
+from gpu_forward import part_sd15_nft  # noqa: E402
 from gpu_measure import NO_CUDA, Report, device_info, package_versions, peak_gib  # noqa: E402
 from gpu_scorers import part_clip_scorer  # noqa: E402  (the parts import torch lazily)
 from gpu_sd_parts import (  # noqa: E402
@@ -91,6 +92,7 @@ PARTS: list[Part] = [
     Part("sd15_ratio_bf16", "PPO ratio, unchanged weights, bf16", part_sd15_ratio("bf16")),
     Part("sd15_ratio_fp16", "PPO ratio, unchanged weights, fp16", part_sd15_ratio("fp16")),
     Part("sd15_full_ft", "SD 1.5 full fine-tuning memory", part_sd15_full_ft),
+    Part("sd15_nft_bf16", "SD 1.5 512 px LoRA bf16 NFT epoch", part_sd15_nft("bf16")),
     Part("aesthetic", "aesthetic scorer images/s", part_aesthetic),
     Part("pickscore", "PickScore (ViT-H/14) scorer images/s", part_clip_scorer("pickscore")),
     Part("clip_score", "CLIPScore (ViT-L/14) scorer images/s", part_clip_scorer("clip_score")),

@@ -59,6 +59,7 @@ EXPECTED = {
     "sd15_ratio_bf16": RATIO,
     "sd15_ratio_fp16": RATIO,
     "sd15_full_ft": ["params", "peak_training_gib", "fits_24gb", "training_s"],
+    "sd15_nft_bf16": ["epoch_s", "peak_memory_gib", "nft_loss", "kept_bytes_per_sample_nft"],
     "aesthetic": ["images_per_s", "model_images_per_s", "model_images_per_s_bf16"],
     "pickscore": SCORER,
     "clip_score": SCORER,

@@ -23,6 +23,8 @@ STATE_FILE = "trainer_state.json"
 TRAINABLE_FILE = "trainable.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 EMA_FILE = "ema.safetensors"
+#: The training algorithm's own state (the old policy of nft / awm); absent for PPO.
+ALGORITHM_FILE = "algorithm.safetensors"
 
 
 @dataclass
@@ -50,6 +52,7 @@ def save_checkpoint(
     rng_states: list[RngState] | None = None,
     ema: EMA | None = None,
     denoiser_name: str = "unet",
+    algorithm_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write checkpoints/epoch_NNNN/ atomically (tmp dir then rename) and prune old ones.
 
@@ -75,6 +78,8 @@ def save_checkpoint(
     (tmp / STATE_FILE).write_text(json.dumps(state.__dict__, indent=1))
     if ema is not None:
         save_file(ema.state_dict(), str(tmp / EMA_FILE))
+    if algorithm_state:
+        save_file(algorithm_state, str(tmp / ALGORITHM_FILE))
     with ema.swapped_in() if ema is not None else contextlib.nullcontext():
         if state.use_lora:
             save_lora(pipeline_cls, unet, tmp / "lora")
@@ -130,6 +135,12 @@ def load_checkpoint(
         ema.load_state_dict(load_file(str(path / EMA_FILE)))
     data = json.loads((path / STATE_FILE).read_text())
     return ResumeState(**data)
+
+
+def load_algorithm_state(path: Path) -> dict[str, torch.Tensor]:
+    """What `algorithm_state` saved in checkpoint `path` ({} if nothing was)."""
+    file = path / ALGORITHM_FILE
+    return load_file(str(file)) if file.is_file() else {}
 
 
 def _restore_rng(blob: dict[str, Any], rank: int, world_size: int, path: Path) -> None:

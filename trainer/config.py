@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from trainer.algorithm_config import AlgorithmKeys
+
 
 class ConfigError(ValueError):
     """A config file or override is wrong; the message names the key."""
@@ -86,7 +88,7 @@ class RewardEndpoint(BaseModel):
         return self
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(AlgorithmKeys):
     """Everything `ddpo train` needs. See docs/config.md for each key."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -341,7 +343,7 @@ class TrainConfig(BaseModel):
                     "train_step_baseline normalises within groups or over the batch: set "
                     "sample_group_size > 1 or per_prompt_stat_tracking = false"
                 )
-        if not self.train_cfg and self.sample_guidance_scale != 1.0:
+        if self.train_algorithm == "ppo" and not self.train_cfg and self.sample_guidance_scale != 1:
             raise ValueError(
                 f"train_cfg = false with sample_guidance_scale = {self.sample_guidance_scale:g} "
                 "trains a policy other than the one that sampled (off-policy from the first "

@@ -46,6 +46,14 @@ def _split_prediction(
     return x0, eps
 
 
+def ddim_alpha_prod(scheduler: DDIMScheduler, timestep, like: torch.Tensor) -> torch.Tensor:
+    """alpha_cumprod of each sample's timestep (float64), shaped to broadcast over `like`."""
+    t = torch.as_tensor(timestep, device=like.device).long().reshape(-1)
+    alphas = scheduler.alphas_cumprod.to(torch.float64)
+    alpha = alphas.to(like.device)[t.expand(like.shape[0]) if t.numel() == 1 else t]
+    return alpha.reshape(-1, *([1] * (like.ndim - 1)))
+
+
 def ddim_predicted_x0(
     scheduler: DDIMScheduler,
     model_output: torch.Tensor,

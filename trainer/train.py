@@ -16,9 +16,11 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from trainer.advantages import RewardStatTrackers, epoch_advantages_by_reward
+from trainer.algorithms import Algorithm, build_algorithm
 from trainer.checkpoint import (
     ResumeState,
     latest_checkpoint,
+    load_algorithm_state,
     load_checkpoint,
     save_checkpoint,
 )
@@ -28,12 +30,12 @@ from trainer.families import DiffusionFamily, load_family
 from trainer.families.base import PromptEmbeds
 from trainer.kl import ReferenceModel
 from trainer.lora import add_lora, save_lora
-from trainer.ppo import num_passes, ppo_update
+from trainer.ppo import num_passes
 from trainer.prompt_schedule import batch_prompt_ids, check_group_layout, group_ids
 from trainer.reward_client import RewardClient, RewardResult, gather_results
 from trainer.rng_state import gather_rng_states
 from trainer.run_log import RunLog
-from trainer.sampling import Trajectories, sample_seed, sample_trajectories
+from trainer.sampling import Trajectories, sample_seed
 from trainer.sde_window import sde_window
 from trainer.stat_tracker import PerPromptStatTracker
 from trainer.step_baseline import baseline_figures, step_advantages
@@ -67,6 +69,7 @@ class Run:
     resolution: int
     uncond: PromptEmbeds
     output_dir: Path
+    algorithm: Algorithm  # train_algorithm: what is sampled and kept, and the update
     reference: ReferenceModel | None = None  # with train_kl_coef > 0
     ema: EMA | None = None  # with ema_decay
 
@@ -138,7 +141,7 @@ def sample_epoch(run: Run, epoch: int) -> tuple[Trajectories, list, list]:
         ids = batch_prompt_ids(cfg, len(run.prompts), epoch, run.rank, acc.num_processes, b)
         seeds = [sample_seed(cfg.seed, epoch, run.rank, b, i) for i in range(len(ids))]
         with acc.autocast():
-            traj = sample_trajectories(
+            traj = run.algorithm.sample(
                 run.family,
                 run.unet,
                 [run.prompts[i] for i in ids],
@@ -164,7 +167,7 @@ def sample_epoch(run: Run, epoch: int) -> tuple[Trajectories, list, list]:
                     ids=[f"{sid}-x0-{t}" for sid in sample_ids for t in range(steps)],
                 )
             )
-    return Trajectories.cat(parts), futures, value_futures
+    return run.algorithm.cat(parts), futures, value_futures
 
 
 def epoch_advantages(
@@ -215,9 +218,9 @@ def epoch_advantages(
 
 
 def update(run: Run, epoch: int, trajs: Trajectories, adv: torch.Tensor) -> dict[str, float]:
-    """PPO on this rank's samples; statistics averaged (or maxed) over all ranks."""
+    """The algorithm's update on this rank's samples; statistics averaged (or maxed) over ranks."""
     gen = torch.Generator().manual_seed(sample_seed(run.cfg.seed, epoch, run.rank, 2**31, 0))
-    stats = ppo_update(
+    stats = run.algorithm.update(
         run.accelerator,
         run.family,
         run.unet,
@@ -271,6 +274,7 @@ def save_epoch_checkpoint(run: Run, epoch: int, global_step: int) -> None:
                 use_lora=run.cfg.use_lora,
             ),
             keep=run.cfg.num_checkpoint_limit,
+            algorithm_state=run.algorithm.state_dict(),
         )
     acc.wait_for_everyone()
 
@@ -290,6 +294,7 @@ def resume_from_checkpoint(run: Run) -> ResumeState:
         ema=run.ema,
     )
     run.tracker.load_state_dict(state.stat_tracker)
+    run.algorithm.load_state_dict(load_algorithm_state(ckpt))
     if acc.is_main_process:
         log.info("resumed from %s at epoch %d", ckpt, state.epoch)
     return state
@@ -340,6 +345,7 @@ def setup_run(cfg: TrainConfig, accelerator: Accelerator, client: RewardClient) 
         resolution=resolution,
         uncond=family.encode_unconditional(resolution),
         output_dir=Path(cfg.output_dir),
+        algorithm=build_algorithm(cfg, trainable),
         reference=reference,
         ema=ema,
     )

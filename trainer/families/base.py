@@ -8,7 +8,12 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler
 
-from trainer.ddim_logprob import ddim_predicted_x0, ddim_step_mean_std, ddim_step_with_logprob
+from trainer.ddim_logprob import (
+    ddim_alpha_prod,
+    ddim_predicted_x0,
+    ddim_step_mean_std,
+    ddim_step_with_logprob,
+)
 
 #: Conditioning tensors of a batch, each with the batch dimension first, so a
 #: trajectory buffer can concatenate, index and shuffle them without knowing
@@ -108,6 +113,21 @@ class DiffusionFamily(ABC):
     ) -> torch.Tensor:
         """The clean latent the model predicts from x_t: what `train_step_baseline` scores."""
         return ddim_predicted_x0(self.pipeline.scheduler, model_output, timesteps, latents)
+
+    def forward_noise(
+        self, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise: the scheduler's forward process,
+        which the forward-process algorithms (NFT, AWM) re-noise clean samples with."""
+        abar = ddim_alpha_prod(self.pipeline.scheduler, timesteps, clean)
+        return (abar.sqrt() * clean + (1 - abar).sqrt() * noise).to(clean.dtype)
+
+    def noise_level(self, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The flow-matching sigma with the same signal-to-noise ratio as x_t, shaped like
+        `like`: sqrt(1 - abar) / (sqrt(abar) + sqrt(1 - abar)). Errors in x0 divided by it
+        are errors in the flow velocity, so one loss weight means the same in every family."""
+        abar = ddim_alpha_prod(self.pipeline.scheduler, timesteps, like)
+        return (1 - abar).sqrt() / (abar.sqrt() + (1 - abar).sqrt())
 
     def deterministic_step(
         self, model_output: torch.Tensor, timesteps: torch.Tensor, latents: torch.Tensor

@@ -74,6 +74,17 @@ class FlowMatchingFamily(DiffusionFamily):
         sigma, _ = flow_sigmas(self.pipeline.scheduler, timesteps, latents)
         return (latents.double() - sigma * model_output.double()).to(latents.dtype)
 
+    def forward_noise(
+        self, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        """x_s = (1 - s) x_0 + s noise, s the sigma of each timestep in the set schedule."""
+        sigma = self.noise_level(timesteps, clean)
+        return ((1 - sigma) * clean + sigma * noise).to(clean.dtype)
+
+    def noise_level(self, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The sigma itself (float64, shaped like `like`)."""
+        return flow_sigmas(self.pipeline.scheduler, timesteps, like)[0]
+
     def deterministic_step(
         self, model_output: torch.Tensor, timesteps: torch.Tensor, latents: torch.Tensor
     ) -> torch.Tensor:
