@@ -37,3 +37,20 @@ def test_eval_grid_has_every_prompt_and_more_seeds_for_held_out() -> None:
     for p in shapes.all_prompts():
         wanted = HELD_OUT_EVAL_SEEDS if p in shapes.held_out_prompts() else SEEN_EVAL_SEEDS
         assert [s for q, s in zip(prompts, seeds, strict=True) if q == p] == wanted
+
+
+def test_fidelity_demo_trains_on_them_and_takes_its_recipe_from_a_preset(tmp_path) -> None:
+    """The algorithm is a preset's keys: another preset changes the run, not the demo."""
+    from ddpo.demo import demo_config
+
+    url, model = "http://127.0.0.1:1", tmp_path / "m"
+    cfg = demo_config("prompt_fidelity", 2, tmp_path, url, model)
+    assert cfg.prompts == train_prompts()
+    assert cfg.rewards[0].scorer == "prompt_fidelity"
+    assert demo_config("jpeg_compressibility", 2, tmp_path, url, model).prompts == (
+        shapes.all_prompts()
+    )
+    preset = tmp_path / "other.toml"
+    preset.write_text("use_lora = false\ntrain_learning_rate = 1e-5\n")
+    other = demo_config("prompt_fidelity", 2, tmp_path, url, model, recipe=preset)
+    assert not other.use_lora and other.train_learning_rate == 1e-5
