@@ -126,11 +126,18 @@ def demo(
         list[str] | None,
         typer.Option("--set", help="Override a training key, as for `ddpo train`."),
     ] = None,
+    recipe: Annotated[
+        Path | None,
+        typer.Option(
+            help="Preset of training keys, algorithm included, for the automatic rewards "
+            "(default: configs/presets/small-budget-lora.toml, PPO)."
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "warning",
 ) -> None:
     """Fine-tune the built-in tiny model with DDPO through a local reward server (CPU, minutes)."""
     _setup_logging(log_level)
-    from ddpo.demo import BUILTIN_MODEL, run_demo
+    from ddpo.demo import AUTOMATIC_PRESET, BUILTIN_MODEL, run_demo
     from trainer.config import ConfigError
 
     try:
@@ -142,6 +149,7 @@ def demo(
             console=console,
             overrides=set_,
             rating_deadline_s=rating_deadline,
+            recipe=recipe or AUTOMATIC_PRESET,
         )
     except (ValueError, FileNotFoundError, ConfigError) as exc:
         console.print(f"[red]error:[/red] {exc}")
@@ -153,6 +161,17 @@ def demo(
             "(fixed prompts and seeds): "
             f"{result.reward_before:.3f} before -> {result.reward_after:.3f} after"
         )
+        before, after = result.fidelity_before, result.fidelity_after
+        if before is not None and after is not None:
+            console.print(
+                "all three attributes right, classifier / rule-based judge:\n"
+                f"  held-out combinations ({before.images_held_out} images): "
+                f"{before.classifier_held_out:.3f} / {before.rule_held_out:.3f} before -> "
+                f"{after.classifier_held_out:.3f} / {after.rule_held_out:.3f} after\n"
+                f"  seen combinations ({before.images_seen} images): "
+                f"{before.classifier_seen:.3f} / {before.rule_seen:.3f} before -> "
+                f"{after.classifier_seen:.3f} / {after.rule_seen:.3f} after"
+            )
     else:
         console.print(
             f"\n[bold]{result.num_rated} ratings[/bold] used, {result.num_dropped} samples "

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared.shapes import all_prompts
+from ddpo.demo_fidelity import FidelityReport, eval_grid, fidelity_report, train_prompts
+from shared.shapes import all_prompts, held_out_prompts
 from trainer.config import TrainConfig, apply_overrides, build_config
 
 log = logging.getLogger(__name__)
@@ -36,17 +37,13 @@ HUMAN = "human"
 HUMAN_PROMPTS = ["a circle", "circle", "square", "triangle"]
 HUMAN_EVAL_SEEDS = [101, 202, 303, 404]
 
-#: The prompts shown in before_after.png (a subset of the scored grid).
+#: The prompts shown in before_after.png (a subset of the scored grid, first seed of each):
+#: the combinations the model never saw in training, then two it did.
 SHOWN_PROMPTS = [
+    *held_out_prompts(),
     "a red circle on a white background",
-    "a blue square on a black background",
-    "a green triangle on a gray background",
-    "a yellow circle on a black background",
-    "a red triangle on a gray background",
-    "a blue circle on a white background",
+    "a blue square on a gray background",
 ]
-#: Held-out seeds: training draws its seeds from (seed, epoch, rank, batch, item), never these.
-EVAL_SEEDS = [101, 202]
 DEMO_STEPS = 10
 
 #: Shared by both recipes: the last of the 10 steps deterministic (see demo_config).
@@ -84,18 +81,20 @@ class DemoResult:
     num_dropped: int = 0
     #: Size of the held-out grid the rewards before and after are averaged over.
     num_eval_images: int = 0
+    #: Both judges on the scored grid, seen and held-out combinations apart (not for human).
+    fidelity_before: FidelityReport | None = None
+    fidelity_after: FidelityReport | None = None
 
 
 def eval_prompts_and_seeds(reward: str) -> tuple[list[str], list[int]]:
-    """The scored grid: every prompt with every held-out seed, prompt-major.
+    """The scored grid on held-out seeds, prompt-major.
 
-    All 36 training prompts, so a model that serves one image for every prompt
-    cannot score well; the human demo's shape-only prompts for ratings.
+    All 36 prompts (demo_fidelity.eval_grid), so a model that serves one image for every
+    prompt cannot score well; the human demo's shape-only prompts for ratings.
     """
-    if reward == HUMAN:
-        prompts, seeds = HUMAN_PROMPTS, HUMAN_EVAL_SEEDS
-    else:
-        prompts, seeds = all_prompts(), EVAL_SEEDS
+    if reward != HUMAN:
+        return eval_grid()
+    prompts, seeds = HUMAN_PROMPTS, HUMAN_EVAL_SEEDS
     return [p for p in prompts for _ in seeds], [s for _ in prompts for s in seeds]
 
 
@@ -103,7 +102,7 @@ def shown_subset(reward: str, prompts: list[str]) -> list[int]:
     """Indices of the grid that before_after.png shows (all of them for the human demo)."""
     if reward == HUMAN:
         return list(range(len(prompts)))
-    return [i for i, p in enumerate(prompts) if p in SHOWN_PROMPTS]
+    return [prompts.index(p) for p in SHOWN_PROMPTS]
 
 
 def demo_config(
@@ -113,6 +112,7 @@ def demo_config(
     server_url: str,
     model: Path,
     rating_deadline_s: float = 600.0,
+    recipe: Path = AUTOMATIC_PRESET,
 ) -> TrainConfig:
     """The demo's recipe, chosen by measurement on 2 CPU cores (docs/learning.md).
 
@@ -124,19 +124,27 @@ def demo_config(
     mottled texture within epochs (full fine-tuning at lr 1e-3: fidelity
     0.65 -> 0.00).
 
+    `recipe`: a preset of training keys (algorithm included) for the automatic rewards.
+    `prompt_fidelity` trains on the held-out combinations and their seen neighbours
+    (demo_fidelity.train_prompts); the JPEG rewards on all 36 prompts.
+
     Human ratings: an epoch waits up to `rating_deadline_s` for its 32 ratings,
     then trains on those that came (unrated samples are dropped, not failed).
     """
     human = reward == HUMAN
     if human:
         endpoint = {"url": server_url, "scorer": HUMAN, "mode": "job", "missing": "drop"}
-        recipe = HUMAN_RECIPE
+        recipe_keys = HUMAN_RECIPE
     else:
         endpoint = {"url": server_url, "scorer": reward, "weight": 1.0}
-        recipe = tomllib.loads(AUTOMATIC_PRESET.read_text(encoding="utf-8"))
+        recipe_keys = tomllib.loads(Path(recipe).read_text(encoding="utf-8"))
+    if human:
+        prompts = HUMAN_PROMPTS
+    else:
+        prompts = train_prompts() if reward == "prompt_fidelity" else all_prompts()
     demo = dict(
         pretrained_model=str(model),
-        prompts=HUMAN_PROMPTS if reward == HUMAN else all_prompts(),
+        prompts=prompts,
         output_dir=output_dir,
         seed=0,
         num_epochs=epochs,
@@ -154,7 +162,7 @@ def demo_config(
         rewards=[endpoint],
         reward_epoch_deadline_s=rating_deadline_s if human else 600.0,
     )
-    return TrainConfig(**{**recipe, **demo})
+    return TrainConfig(**{**recipe_keys, **demo})
 
 
 @torch.no_grad()
@@ -304,6 +312,7 @@ def run_demo(
     console=None,
     overrides: list[str] | None = None,
     rating_deadline_s: float = 600.0,
+    recipe: Path = AUTOMATIC_PRESET,
 ) -> DemoResult:
     """Run the demo; the reward server child is stopped however this exits."""
     from ddpo.server_process import RewardServerProcess
@@ -322,7 +331,7 @@ def run_demo(
     epochs = epochs or default_epochs(reward)
 
     def config(url: str) -> TrainConfig:
-        cfg = demo_config(reward, epochs, output_dir, url, model, rating_deadline_s)
+        cfg = demo_config(reward, epochs, output_dir, url, model, rating_deadline_s, recipe)
         if overrides:
             cfg = build_config(apply_overrides(cfg.model_dump(mode="json"), list(overrides)))
         return cfg
@@ -383,8 +392,16 @@ def run_demo(
         num_rated=sum(int(r.get("num_rated", 0)) for r in records),
         num_dropped=sum(int(r.get("num_dropped", 0)) for r in records),
         num_eval_images=len(prompts),
+        fidelity_before=None if human else fidelity_report(before, prompts),
+        fidelity_after=None if human else fidelity_report(after, prompts),
     )
+
+    def plain(value: object) -> object:
+        if isinstance(value, FidelityReport):
+            return value.model_dump()
+        return str(value) if isinstance(value, Path) else value
+
     (output_dir / "demo_summary.json").write_text(
-        json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in result.__dict__.items()})
+        json.dumps({k: plain(v) for k, v in result.__dict__.items()})
     )
     return result

@@ -25,6 +25,20 @@ RGB: dict[str, tuple[int, int, int]] = {
     "gray": (128, 128, 128),
 }
 
+#: Combinations the built-in model never sees in training (`tools/train_tiny_sd.py
+#: --hold-out`), so that drawing one is composing known parts, as DDPO's prompt-alignment
+#: experiment asks of SD. No two share a pair of attributes, so each pair in a held-out triple
+#: (shape and colour, shape and background, colour and background) is seen with every other
+#: value of the third attribute; each shape and background is held out twice.
+HELD_OUT: tuple[tuple[str, str, str], ...] = (
+    ("circle", "blue", "white"),
+    ("circle", "yellow", "gray"),
+    ("square", "red", "black"),
+    ("square", "green", "white"),
+    ("triangle", "yellow", "black"),
+    ("triangle", "blue", "gray"),
+)
+
 _SUPERSAMPLE = 4
 _PROMPT_RE = re.compile(r"^\s*an?\s+(\w+)\s+(\w+)\s+on\s+an?\s+(\w+)\s+background\s*\.?\s*$")
 
@@ -79,6 +93,16 @@ def parse_prompt(prompt: str) -> tuple[str, str, str] | None:
 def all_triples() -> list[tuple[str, str, str]]:
     """Every (shape, colour, background) combination, in a fixed order."""
     return [(s, c, b) for s in SHAPES for c in COLOURS for b in BACKGROUNDS]
+
+
+def held_out_prompts() -> list[str]:
+    """The canonical prompts of HELD_OUT, in its order."""
+    return [prompt_for(*t) for t in HELD_OUT]
+
+
+def seen_prompts() -> list[str]:
+    """The canonical prompts of every triple not in HELD_OUT, in the order of all_triples()."""
+    return [prompt_for(*t) for t in all_triples() if t not in HELD_OUT]
 
 
 def draw_dataset(n_per_triple: int, seed: int) -> tuple[np.ndarray, list[int]]:

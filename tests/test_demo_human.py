@@ -2,8 +2,8 @@
 
 The demo runs as a user would start it (a subprocess that starts its own reward
 server); a scripted rater signs in with the invite link the demo prints and rates
-over HTTP like a person who likes red pictures. Held-out samples (seeds never
-used in training) must then be red far more often than the base model's.
+over HTTP like a person who likes blue pictures. Held-out samples (seeds never
+used in training) must then be blue more often than the base model's.
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ pytestmark = pytest.mark.slow
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 INVITE = re.compile(r"(http://\S+/rate/login\?token=[\w\-]+)")
 HELD_OUT_SEEDS = list(range(5000, 5016))
+#: A colour the base model rarely draws for these prompts: the built-in model (frozen encoder)
+#: draws 37 of 64 held-out samples red, so a red taste had little room; blue 5 of 64.
+TASTE = "blue"
 
 
 def run_human_demo(out: Path, *args: str, rater: str | None) -> tuple[str, ScriptedRater | None]:
@@ -60,39 +63,39 @@ def run_human_demo(out: Path, *args: str, rater: str | None) -> tuple[str, Scrip
 
 
 def judge_held_out(trained: Path | None) -> tuple[float, float]:
-    """(mean score the rater would give, share judged red by the colour classifier)."""
+    """(mean score the rater would give, share judged TASTE by the colour classifier)."""
     prompts = [p for p in HUMAN_PROMPTS for _ in HELD_OUT_SEEDS]
     seeds = [s for _ in HUMAN_PROMPTS for s in HELD_OUT_SEEDS]
     images = [Image.fromarray(a) for a in eval_images(BUILTIN_MODEL, trained, prompts, seeds)]
-    score = np.mean([preference_score(im, "red") for im in images])
+    score = np.mean([preference_score(im, TASTE) for im in images])
     fidelity = build_fidelity(None)
     colours = fidelity.predict(images)[1].argmax(-1)
-    red = np.mean([fidelity.labels[1][int(c)] == "red" for c in colours])
-    return float(score), float(red)
+    share = np.mean([fidelity.labels[1][int(c)] == TASTE for c in colours])
+    return float(score), float(share)
 
 
-def test_a_rater_who_likes_red_makes_the_model_draw_red(tmp_path: Path) -> None:
+def test_a_rater_who_likes_blue_makes_the_model_draw_blue(tmp_path: Path) -> None:
     """The held-out rating rises while PPO stays in its trust region and prompts stay apart.
 
     The recipe this replaced raised the rating by turning every prompt into one red blob,
     with approx_kl 200-880 per epoch.
     """
     out = tmp_path / "demo"
-    text, rater = run_human_demo(out, "--epochs", "12", "--rating-deadline", "120", rater="red")
+    text, rater = run_human_demo(out, "--epochs", "12", "--rating-deadline", "120", rater=TASTE)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 12
     assert sum(r["num_dropped"] for r in records) == 0, records
     assert rater is not None and rater.rated == sum(r["num_rated"] for r in records) == 12 * 32
     assert max(r["approx_kl"] for r in records) < 1e-3, [r["approx_kl"] for r in records]
 
-    score_before, red_before = judge_held_out(None)
-    score_after, red_after = judge_held_out(out)
+    score_before, share_before = judge_held_out(None)
+    score_after, share_after = judge_held_out(out)
     print(
-        f"held-out rating {score_before:.2f} -> {score_after:.2f}, red {red_before:.2f} -> "
-        f"{red_after:.2f}"
+        f"held-out rating {score_before:.2f} -> {score_after:.2f}, {TASTE} {share_before:.2f} -> "
+        f"{share_after:.2f}"
     )
     assert score_after > score_before + 0.8, (score_before, score_after)
-    assert red_after > red_before, (red_before, red_after)
+    assert share_after > share_before, (share_before, share_after)
     assert (out / "ratings" / "ratings.db").is_file()
     assert "ratings used" in text
 

@@ -1,7 +1,9 @@
 """Measure the tiny model's prompt fidelity: sample every prompt on held-out seeds and ask
 the prompt-fidelity classifier whether shape, colour and background are all right.
 
-This is the base number DDPO should improve on. Run:
+This is the base number DDPO should improve on, reported for the combinations the model
+was trained on (seen) and those left out (shared.shapes.HELD_OUT), by the classifier and by
+the rule-based judge (shared/rule_judge.py). Run:
 python tools/eval_prompt_fidelity.py --model models/tiny-sd --seeds 3
 """
 
@@ -19,7 +21,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from reward_server.scorers.prompt_fidelity import DEFAULT_DIR, HEADS, load  # noqa: E402
-from shared import shapes  # noqa: E402
+from shared import rule_judge, shapes  # noqa: E402
 
 
 def sample(
@@ -65,6 +67,12 @@ def main() -> None:
     ap.add_argument("--classifier", type=Path, default=DEFAULT_DIR)
     ap.add_argument("--seeds", type=int, default=3, help="samples per prompt")
     ap.add_argument("--seed", type=int, default=123_456, help="held out: training never uses it")
+    ap.add_argument(
+        "--extra-held-out",
+        type=int,
+        default=6,
+        help="more samples per held-out prompt, so their fidelity is not a 6 x seeds mean",
+    )
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument("--batch", type=int, default=36)
@@ -73,7 +81,7 @@ def main() -> None:
     ap.add_argument("--grid", type=Path, default=None, help="write a PNG grid of the samples")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    prompts = shapes.all_prompts() * args.seeds
+    prompts = shapes.all_prompts() * args.seeds + shapes.held_out_prompts() * args.extra_held_out
     start = time.time()
     if args.reconstructions:
         images = reconstruct(args.model, prompts, args.seed)
@@ -88,12 +96,25 @@ def main() -> None:
         h: float(np.mean([d["predicted"][h] == w[k] for d, w in zip(details, wanted, strict=True)]))
         for k, h in enumerate(HEADS)
     }
+    match = np.array([d["match"] for d in details])
+    by_rule = rule_judge.matches(np.stack([np.asarray(im) for im in images]), prompts)
+    held = np.array([p in shapes.held_out_prompts() for p in prompts])
     result = {
         "source": "vae reconstructions" if args.reconstructions else "samples",
         "samples": len(prompts),
+        "samples_held_out": int(held.sum()),
         "steps": args.steps,
         "guidance": args.guidance,
-        "fidelity_all_three": float(np.mean([d["match"] for d in details])),
+        "fidelity_all_three": float(match.mean()),
+        "fidelity_seen": float(match[~held].mean()),
+        "fidelity_held_out": float(match[held].mean()),
+        "rule_judge_seen": float(by_rule[~held].mean()),
+        "rule_judge_held_out": float(by_rule[held].mean()),
+        "judges_agree": float((by_rule == match).mean()),
+        "held_out_by_prompt": {
+            h: float(np.mean([m for m, q in zip(match, prompts, strict=True) if q == h]))
+            for h in shapes.held_out_prompts()
+        },
         "mean_score": float(np.mean(scores)),
         "accuracy": per_head,
         "sampling_seconds": round(elapsed, 1),
@@ -101,7 +122,7 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     if args.grid is not None:
         cols = len(shapes.all_prompts())
-        arr = np.stack([np.asarray(im) for im in images])
+        arr = np.stack([np.asarray(im) for im in images[: cols * args.seeds]])
         rows = [np.concatenate(list(arr[r * cols : (r + 1) * cols]), 1) for r in range(args.seeds)]
         Image.fromarray(np.concatenate(rows, 0)).save(args.grid)
 

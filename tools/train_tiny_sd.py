@@ -290,6 +290,11 @@ def train_unet(
     """v-prediction with 10% empty prompts (for guidance); text encoder trained jointly
     unless `--freeze-text-encoder` (then it stays at its random initialisation)."""
     data, labels = make_images(args.per_prompt, args.seed + 2)
+    if args.hold_out:  # the same seed draws the same seen images with or without it
+        held = {shapes.all_triples().index(t) for t in shapes.HELD_OUT}
+        keep = [i for i, label in enumerate(labels) if label not in held]
+        data, labels = data[keep], [labels[i] for i in keep]
+        log(f"held out {len(held)} triples: {len(labels)} training images")
     latents = encode_all(vae, data) * vae.config.scaling_factor
     del data
     prompts = shapes.all_prompts() + [""]
@@ -389,6 +394,12 @@ def main() -> None:
         action="store_true",
         help="keep the text encoder at its random initialisation, as SD keeps CLIP frozen "
         "(trained jointly, it drew 'circle' and 'square' together: cosine 0.995)",
+    )
+    ap.add_argument(
+        "--hold-out",
+        action="store_true",
+        help="leave the triples of shared.shapes.HELD_OUT out of the UNet's data "
+        "(the VAE from --vae-from may have seen them, as SD's VAE sees everything)",
     )
     args = ap.parse_args()
     args.unet_seconds = args.unet_minutes * 60
