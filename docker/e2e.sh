@@ -11,4 +11,5 @@ cd "$(dirname "$0")/.."
 # anything it needs beyond the build itself; override with DOCKER_BUILDKIT=1.
 export DOCKER_BUILDKIT=${DOCKER_BUILDKIT:-0} COMPOSE_DOCKER_CLI_BUILD=${COMPOSE_DOCKER_CLI_BUILD:-0}
 export DDPO_DOCKER_E2E=1 DDPO_LOCK_CHECK=${DDPO_LOCK_CHECK:-1}
-exec python -m pytest -q -rs -s tests/test_compose_e2e.py tests/test_deploy_cpu.py "$@"
+exec python -m pytest -q -rs -s tests/test_compose_e2e.py tests/test_compose_e2e_human.py \
+    tests/test_deploy_cpu.py "$@"

@@ -11,14 +11,17 @@
 #    libc6 >= 2.34; its .deb is fetched with apt pointed at trixie through a private
 #    sources list and state directory (the system's apt sources are untouched), and its
 #    binary goes into Docker's CLI plugin folder.
-# 3. A local base image, $DDPO_LOCAL_BASE (no registry is reachable, so no python:* or
-#    pytorch/pytorch image): Debian 12 minbase by debootstrap with python3, pip and
-#    ca-certificates, the torch CPU wheel from $PIP_FIND_LINKS installed, and the CA
-#    bundle $PIP_CERT names (the proxy's CA) installed as the system bundle, so pip in the
-#    build reaches PyPI.
+# 3. Local base images (no registry is reachable, so no python:*, pytorch/pytorch or
+#    postgres image): Debian 12 minbase by debootstrap with python3, pip and
+#    ca-certificates, the CA bundle $PIP_CERT names (the proxy's CA) as the system
+#    bundle so pip in the builds reaches PyPI; the same with the torch CPU wheel from
+#    $PIP_FIND_LINKS ($DDPO_LOCAL_BASE, the CPU images' base); and PostgreSQL 15 for the
+#    `human` profile (docker/local-postgres/).
 set -euo pipefail
 
 BASE_IMAGE=${DDPO_LOCAL_BASE:-ddpo-local/debian-torch:2.13.0-cpu}
+PLAIN_IMAGE=ddpo-local/debian:bookworm
+POSTGRES_IMAGE=ddpo-local/postgres:15
 TORCH_VERSION=${DDPO_TORCH_VERSION:-2.13.0}
 PLUGIN_DIR=/usr/local/lib/docker/cli-plugins
 COMPOSE_MIN=2.24.4
@@ -70,11 +73,10 @@ if ! compose_ok; then
 fi
 log "$(docker compose version)"
 
-# -- 3. local base image --------------------------------------------------------------
-if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
-    wheel=$(ls "${PIP_FIND_LINKS:-/opt/wheels}"/torch-"$TORCH_VERSION"+cpu-cp311-*.whl | head -1)
-    cert=${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}
-    root=$STATE/rootfs
+# -- 3. local base images ---------------------------------------------------------------
+root=$STATE/rootfs
+if ! docker image inspect "$PLAIN_IMAGE" >/dev/null 2>&1 \
+    || ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
     if [ ! -x "$root/usr/bin/python3" ]; then
         log "debootstrap Debian 12 minbase into $root (a few minutes)"
         rm -rf "$root"
@@ -82,18 +84,38 @@ if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
             --include=python3,python3-venv,python3-pip,ca-certificates bookworm "$root" \
             http://deb.debian.org/debian >"$STATE/debootstrap.log" 2>&1
     fi
+    cp "${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}" "$root/etc/ssl/certs/ca-certificates.crt"
+    cp /etc/resolv.conf "$root/etc/resolv.conf"
+    rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+fi
+import_rootfs() { # NAME [tar options]: the rootfs as an image
+    local name=$1
+    shift
+    tar -C "$root" "$@" -c . | docker import \
+        -c 'ENV LANG=C.UTF-8 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        -c 'CMD ["/bin/bash"]' - "$name" >/dev/null
+}
+# 3a. Plain Debian 12 (python3, pip, CA), without anything pip put under /usr/local.
+if ! docker image inspect "$PLAIN_IMAGE" >/dev/null 2>&1; then
+    log "importing $PLAIN_IMAGE"
+    import_rootfs "$PLAIN_IMAGE" --exclude=./usr/local/lib/python3.11 --exclude='./usr/local/bin/*'
+fi
+# 3b. The same with torch (CPU) and its dependencies: the CPU images' BASE_IMAGE.
+if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+    wheel=$(ls "${PIP_FIND_LINKS:-/opt/wheels}"/torch-"$TORCH_VERSION"+cpu-cp311-*.whl | head -1)
     log "installing $(basename "$wheel") and its dependencies (PyPI) into the base"
     cp "$wheel" "$root/tmp/"
-    cp "$cert" "$root/etc/ssl/certs/ca-certificates.crt"
-    cp /etc/resolv.conf "$root/etc/resolv.conf"
     chroot "$root" env -i PATH=/usr/bin:/bin HOME=/root python3 -m pip install -q \
         --no-cache-dir --break-system-packages --root-user-action=ignore \
         "/tmp/$(basename "$wheel")"
     rm -f "$root"/tmp/*.whl
-    rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
     log "importing $BASE_IMAGE"
-    tar -C "$root" -c . | docker import \
-        -c 'ENV LANG=C.UTF-8 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-        -c 'CMD ["/bin/bash"]' - "$BASE_IMAGE" >/dev/null
+    import_rootfs "$BASE_IMAGE"
 fi
-log "ready: base image $BASE_IMAGE"
+# 3c. PostgreSQL for the `human` profile (DDPO_POSTGRES_IMAGE), built on 3a.
+if ! docker image inspect "$POSTGRES_IMAGE" >/dev/null 2>&1; then
+    log "building $POSTGRES_IMAGE"
+    DOCKER_BUILDKIT=0 docker build -q --build-arg BASE_IMAGE="$PLAIN_IMAGE" \
+        -t "$POSTGRES_IMAGE" "$(dirname "$0")/local-postgres" >/dev/null
+fi
+log "ready: $BASE_IMAGE, $PLAIN_IMAGE, $POSTGRES_IMAGE"
