@@ -250,7 +250,7 @@ def test_lora_in_the_outputs_volume_loads_with_diffusers(stack: Stack, tmp_path:
     weights = {}
     for path in (tmp_path / "lora").glob("*.safetensors"):
         weights.update(load_file(str(path)))
-    ups = [v for k, v in weights.items() if "lora_B" in k or "lora_up" in k]
+    ups = [v for k, v in weights.items() if any(u in k for u in ("lora_B", "lora_up", "lora.up"))]
     assert ups and any(v.abs().sum() > 0 for v in ups), "the LoRA is still zero"
 
 
