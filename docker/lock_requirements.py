@@ -9,6 +9,14 @@ wheel of the same version with no dependencies, so the CUDA tree stays out.
     python docker/lock_requirements.py            # rewrite both files
     python docker/lock_requirements.py --check    # exit 1 if they are stale
 
+One lock serves every Python from 3.11 to 3.13: it is resolved for the oldest
+(so no pin needs a newer interpreter), then resolved again for each newer one
+with the lock as constraints, which fails if a pin has no wheel for that Python
+or if that Python would need a package the lock lacks. Why a range: the CUDA
+base image brings its own Python (conda's, in /opt/conda; 3.11 in the releases
+we know of, docs/deploy.md), the CPU images Debian's (3.11 in Debian 12, 3.13 in
+Debian 13), and the torch CPU wheel at hand is cp311.
+
 Needs PyPI access; run it after changing dependencies in pyproject.toml or the
 base image tag in the Dockerfiles (tests/test_deploy.py checks they agree).
 """
@@ -17,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -27,8 +36,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
-#: Python of the pytorch/pytorch base image (system Python of its Ubuntu release).
-PYTHON_VERSION = "3.12"
+#: Pythons the lock must install on; resolved for the first, checked on the others.
+PYTHON_VERSIONS = ("3.11", "3.12", "3.13")
 PLATFORMS = [
     "manylinux_2_28_x86_64",
     "manylinux_2_17_x86_64",
@@ -99,20 +108,37 @@ def _fake_torch(directory: Path, version: str) -> None:
             whl.writestr(name, text)
 
 
-def resolve(requirements: list[str], torch: str) -> dict[str, str]:
-    """name -> version of everything pip would install for the image (torch excluded)."""
+def _pip_env() -> dict[str, str]:
+    """This machine's pip settings minus local wheel folders and indexes: PyPI only, so a
+    local torch build (say a +cpu wheel with dependencies) cannot stand in for the base's."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PIP_FIND_LINKS", "PIP_INDEX_URL")}
+    env.pop("PIP_EXTRA_INDEX_URL", None)
+    env["PIP_CONFIG_FILE"] = os.devnull
+    return env
+
+
+def resolve(
+    requirements: list[str], torch: str, python: str, constraints: str | None = None
+) -> dict[str, str]:
+    """name -> version of everything pip would install for the image (torch excluded).
+
+    `constraints`: a lock's text; pip then must stay within it (or fails).
+    """
     with tempfile.TemporaryDirectory() as tmp:
         tmpdir = Path(tmp)
         _fake_torch(tmpdir, torch)
         report = tmpdir / "report.json"
         cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet"]
         cmd += ["--ignore-installed", "--report", str(report), "--target", str(tmpdir / "t")]
-        cmd += ["--python-version", PYTHON_VERSION, "--only-binary=:all:"]
+        cmd += ["--python-version", python, "--only-binary=:all:"]
         cmd += ["--find-links", str(tmpdir)]
+        if constraints is not None:
+            (tmpdir / "constraints.txt").write_text(constraints)
+            cmd += ["--constraint", str(tmpdir / "constraints.txt")]
         for platform in PLATFORMS:
             cmd += ["--platform", platform]
         cmd += [*requirements, f"torch=={torch}"]
-        subprocess.run(cmd, check=True)
+        subprocess.run(cmd, check=True, env=_pip_env())
         installed = json.loads(report.read_text())["install"]
     pins = {}
     for item in installed:
@@ -122,10 +148,37 @@ def resolve(requirements: list[str], torch: str) -> dict[str, str]:
     return pins
 
 
+def check_newer_pythons(requirements: list[str], torch: str, lock: str) -> list[str]:
+    """Problems installing `lock` on the newer Pythons of PYTHON_VERSIONS (empty: none)."""
+    pins = parse_lock(lock)
+    problems = []
+    for python in PYTHON_VERSIONS[1:]:
+        try:
+            got = resolve(requirements, torch, python, constraints=lock)
+        except subprocess.CalledProcessError:
+            problems.append(f"Python {python}: pip cannot install the lock (see above)")
+            continue
+        extra = sorted(set(got) - set(pins))
+        if extra:
+            problems.append(f"Python {python} also needs {', '.join(extra)}")
+    return problems
+
+
+def parse_lock(text: str) -> dict[str, str]:
+    pins = {}
+    for line in text.splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            pins[_normalize(name)] = version
+    return pins
+
+
 def render(extra: str, image: str, torch: str, pins: dict[str, str]) -> str:
     lines = [
-        f"# Exact pins for the {extra} image, resolved for Python {PYTHON_VERSION} on "
-        f"linux/amd64 against {image}.",
+        f"# Exact pins for the {extra} image on linux/amd64, resolved for Python "
+        f"{PYTHON_VERSIONS[0]} and checked to install on {', '.join(PYTHON_VERSIONS[1:])}; "
+        f"torch from the base image ({image} by default).",
         "# Generated by `python docker/lock_requirements.py`; do not edit by hand.",
         "# torch comes from the base image; its pin only makes pip fail instead of replacing it.",
         f"torch=={torch}",
@@ -142,8 +195,12 @@ def main() -> int:
     for extra, filename in LOCKS.items():
         image = base_image(DOCKER / f"{'reward-server' if extra == 'server' else extra}.Dockerfile")
         torch = torch_version(image)
-        text = render(extra, image, torch, resolve(extra_requirements(extra), torch))
+        requirements = extra_requirements(extra)
+        text = render(extra, image, torch, resolve(requirements, torch, PYTHON_VERSIONS[0]))
         path = DOCKER / filename
+        problems = check_newer_pythons(requirements, torch, text)
+        if problems:
+            raise SystemExit(f"{filename}: " + "; ".join(problems))
         if args.check:
             if not path.is_file() or path.read_text() != text:
                 stale.append(str(path.relative_to(ROOT)))

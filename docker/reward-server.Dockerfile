@@ -1,11 +1,16 @@
-# syntax=docker/dockerfile:1
 # The DDPO reward server: FastAPI + uvicorn, scorers on the GPU. Only the `server` extra:
 # no diffusers, peft or accelerate.
 #   docker build -f docker/reward-server.Dockerfile -t ddpo-reward-server .
-# torch and CUDA come from the base image; everything else is pinned in
+# torch and CUDA come from the base image (see BASE_IMAGE below); everything else is pinned in
 # docker/requirements-server.txt (regenerate: python docker/lock_requirements.py).
 ARG BASE_IMAGE=pytorch/pytorch:2.13.0-cuda12.6-cudnn9-runtime
 FROM ${BASE_IMAGE}
+
+# Another base (any Python 3.11-3.13 image with pip, bash and useradd) works as well:
+# docker-compose.cpu.yml builds on python:3.11-slim-bookworm. If that base has no torch,
+# it is installed from TORCH_INDEX_URL (e.g. https://download.pytorch.org/whl/cpu).
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX_URL=
 
 ARG APP_UID=1000
 ARG APP_GID=1000
@@ -29,6 +34,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     DDPO_LOG_FORMAT=json \
     DDPO_WRITABLE_DIRS=/data
 
+COPY docker/install_torch.sh /tmp/install_torch.sh
+RUN sh /tmp/install_torch.sh "${TORCH_VERSION}" "${TORCH_INDEX_URL}" && rm /tmp/install_torch.sh
+
+# Third-party packages first: this layer is rebuilt only when the lock changes.
 COPY docker/requirements-server.txt /tmp/requirements.txt
 RUN python3 -m pip install --no-cache-dir -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt

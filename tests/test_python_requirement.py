@@ -152,14 +152,19 @@ def test_readme_states_the_same_python() -> None:
 
 
 def test_docker_images_python_is_admitted() -> None:
-    """The images install the package into their base image's Python (pinned in the lock)."""
+    """The locks serve a range of base-image Pythons, from requires-python's lowest on."""
     text = (ROOT / "docker" / "lock_requirements.py").read_text(encoding="utf-8")
-    match = re.search(r'^PYTHON_VERSION = "(\d+\.\d+)"', text, re.MULTILINE)
-    assert match, "docker/lock_requirements.py no longer names PYTHON_VERSION"
-    assert requires_python().contains(f"{match.group(1)}.0"), match.group(1)
+    match = re.search(r"^PYTHON_VERSIONS = \(([^)]*)\)", text, re.MULTILINE)
+    assert match, "docker/lock_requirements.py no longer names PYTHON_VERSIONS"
+    versions = re.findall(r'"(\d+)\.(\d+)"', match.group(1))
+    assert versions[0] == tuple(map(str, lowest_admitted(requires_python()))), versions
+    for major, minor in versions:
+        assert requires_python().contains(f"{major}.{minor}.0"), (major, minor)
+    checked = ", ".join(".".join(v) for v in versions[1:])
     for lock in ("requirements-trainer.txt", "requirements-server.txt"):
         header = (ROOT / "docker" / lock).read_text(encoding="utf-8").splitlines()[0]
-        assert f"resolved for Python {match.group(1)} " in header, (lock, header)
+        assert f"resolved for Python {'.'.join(versions[0])} " in header, (lock, header)
+        assert f"checked to install on {checked};" in header, (lock, header)
 
 
 def test_this_interpreter_is_admitted() -> None:
