@@ -18,7 +18,7 @@ from reward_server.body_limit import BodyLimitMiddleware
 from reward_server.observability import ObservabilityMiddleware
 from reward_server.problems import install_problem_handlers
 from reward_server.routers import admin, health, jobs, rater_api, rating_pages, score
-from reward_server.runtime import ServerRuntime
+from reward_server.runtime import BatcherFactory, ServerRuntime, local_batcher
 from reward_server.scorers.base import Scorer
 from reward_server.scorers.registry import ScorerRegistry
 from reward_server.settings import ServerSettings
@@ -59,10 +59,12 @@ def create_app(
     scorers: dict[str, Scorer] | None = None,
     registry: ScorerRegistry | None = None,
     rating_store: RatingStore | None = None,
+    batcher_factory: BatcherFactory = local_batcher,
 ) -> FastAPI:
     """Build the app. With scorers=None they are built from settings after start-up
     (opening the rating store if a human scorer is named); given job scorers need the
     rating_store they were built on. The app closes the rating store when it stops.
+    batcher_factory builds each sync scorer's queue (Ray Serve: one that calls replicas).
     """
     app = FastAPI(
         title="DDPO reward server",
@@ -70,7 +72,9 @@ def create_app(
         description="Scores generated images for RL fine-tuning. Protocol: docs/protocol.md.",
         lifespan=_lifespan,
     )
-    app.state.runtime = runtime = ServerRuntime(settings, scorers, registry, rating_store)
+    app.state.runtime = runtime = ServerRuntime(
+        settings, scorers, registry, rating_store, batcher_factory
+    )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     # Added last, so outermost: it counts and tags everything, the body limit's 413s too.
     app.add_middleware(ObservabilityMiddleware, metrics=runtime.metrics)

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from PIL import Image
 
@@ -29,6 +29,19 @@ log = logging.getLogger(__name__)
 Details = list[dict[str, Any]] | None
 #: on_batch(scorer name, batch size, seconds, succeeded), called on the worker thread.
 BatchObserver = Callable[[str, int, float, bool], None]
+
+
+class ScoringQueue(Protocol):
+    """What a route needs of a sync scorer's queue: this module's DynamicBatcher, or a
+    queue that hands the work to another process (reward_server/ray_serve/)."""
+
+    async def submit_versioned(self, images: list[Image.Image], prompts: list[str]) -> Scored:
+        """Score these images (same order), saying which scorer version scored them."""
+        ...
+
+    async def aclose(self) -> None:
+        """Refuse new work and finish what was submitted."""
+        ...
 
 
 class BatcherClosed(RuntimeError):
@@ -247,25 +260,7 @@ class DynamicBatcher:
     def _score_checked(
         self, images: list[Image.Image], prompts: list[str]
     ) -> tuple[list[float], Details]:
-        try:
-            scores, details = self.scorer.score(images, prompts)
-        except (ScorerNotReady, ScorerUpstreamError):
-            raise  # an operator's to-do (answered 503/502/504), not a bug: no traceback
-        except Exception as exc:
-            log.exception("scorer %s failed on a batch of %d", self.name, len(images))
-            raise ScorerFailed(f"scorer {self.name!r} failed: {type(exc).__name__}: {exc}") from exc
-        scores = [float(s) for s in scores]
-        if len(scores) != len(images):
-            raise ScorerFailed(
-                f"scorer {self.name!r} returned {len(scores)} scores for {len(images)} images"
-            )
-        if not all(math.isfinite(s) for s in scores):
-            raise ScorerFailed(f"scorer {self.name!r} returned a non-finite score")
-        if details is not None and len(details) != len(images):
-            raise ScorerFailed(
-                f"scorer {self.name!r} returned {len(details)} details for {len(images)} images"
-            )
-        return scores, details
+        return score_checked(self.scorer, self.name, images, prompts)
 
     @staticmethod
     def _fail(job: _Job, backlog: deque[_Job], exc: Exception) -> None:
@@ -275,3 +270,28 @@ class DynamicBatcher:
         if job in backlog:
             backlog.remove(job)
         job.future.set_exception(exc)
+
+
+def score_checked(
+    scorer: Scorer, name: str, images: list[Image.Image], prompts: list[str]
+) -> tuple[list[float], Details]:
+    """scorer.score, with its failures and malformed answers turned into ScorerFailed."""
+    try:
+        scores, details = scorer.score(images, prompts)
+    except (ScorerNotReady, ScorerUpstreamError):
+        raise  # an operator's to-do (answered 503/502/504), not a bug: no traceback
+    except Exception as exc:
+        log.exception("scorer %s failed on a batch of %d", name, len(images))
+        raise ScorerFailed(f"scorer {name!r} failed: {type(exc).__name__}: {exc}") from exc
+    scores = [float(s) for s in scores]
+    if len(scores) != len(images):
+        raise ScorerFailed(
+            f"scorer {name!r} returned {len(scores)} scores for {len(images)} images"
+        )
+    if not all(math.isfinite(s) for s in scores):
+        raise ScorerFailed(f"scorer {name!r} returned a non-finite score")
+    if details is not None and len(details) != len(images):
+        raise ScorerFailed(
+            f"scorer {name!r} returned {len(details)} details for {len(images)} images"
+        )
+    return scores, details

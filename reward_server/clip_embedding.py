@@ -28,18 +28,20 @@ __all__ = [
 ]
 
 
-def resolve_clip_spec(spec: str, models_dir: Path | None, marker: str = "config.json") -> str:
+def resolve_clip_spec(
+    spec: str, models_dir: Path | None, markers: Sequence[str] = ("config.json",)
+) -> str:
     """A local directory when there is one (as given, or under models_dir), else the hub id.
 
-    Under models_dir a directory counts when it holds `marker` (a processor-only
-    copy has preprocessor_config.json but no config.json).
+    Under models_dir a directory counts when it holds one of `markers` (a
+    processor-only copy has an image processor config but no config.json).
     """
     path = Path(spec).expanduser()
     if path.is_dir():
         return str(path)
     if models_dir is not None:
         for candidate in (models_dir / spec, models_dir / path.name):
-            if (candidate / marker).is_file():
+            if any((candidate / marker).is_file() for marker in markers):
                 return str(candidate)
     return spec
 

@@ -1,14 +1,17 @@
 """CLIP image preprocessing as the checkpoint itself specifies it.
 
-A CLIP checkpoint ships `preprocessor_config.json` (resize, crop, mean, std:
+A CLIP checkpoint ships its image processor config (resize, crop, mean, std:
 OpenAI CLIP and LAION's OpenCLIP models differ in more than their weights), and
 a scorer must feed its model the pixels the model was trained on. So the
-transform is transformers' own CLIP image processor, loaded from that file.
-The PIL backend is used even where torchvision is installed: it is what
-transformers 4 always ran (PickScore, torchmetrics' CLIPScore and the LAION
-aesthetic predictor were all measured with it), and it keeps torchvision out
-of the server. A directory without that file falls back, with a warning that
-says so, to the OpenAI CLIP defaults at the model's image size.
+transform is transformers' own CLIP image processor, and transformers' loader
+finds its config: `preprocessor_config.json` (hub repos, transformers 4) or
+the `image_processor` entry of `processor_config.json` (what
+`CLIPProcessor.save_pretrained` writes in transformers 5). The PIL backend is
+used even where torchvision is installed: it is what transformers 4 always ran
+(PickScore, torchmetrics' CLIPScore and the LAION aesthetic predictor were all
+measured with it), and it keeps torchvision out of the server. A directory
+holding neither file falls back, with a warning that says so, to the OpenAI
+CLIP defaults at the model's image size.
 """
 
 from __future__ import annotations
@@ -25,7 +28,14 @@ from reward_server.scorers.base import ScorerUnavailable
 
 log = logging.getLogger(__name__)
 
-PREPROCESSOR_FILE = "preprocessor_config.json"
+#: Where transformers looks for an image processor config (its IMAGE_PROCESSOR_NAME and
+#: PROCESSOR_NAME); named here only to tell "none shipped" from "shipped but unreadable".
+CONFIG_FILES = ("preprocessor_config.json", "processor_config.json")
+
+
+def has_image_processor_config(directory: Path) -> bool:
+    """True when `directory` holds a file transformers may read an image processor from."""
+    return any((directory / name).is_file() for name in CONFIG_FILES)
 
 
 class ClipUnavailable(ScorerUnavailable):
@@ -86,28 +96,35 @@ def load_clip_preprocess(spec: str, image_size: int, allow_download: bool) -> Cl
     """
     cls = _processor_class()
     path = Path(spec).expanduser()
-    if path.is_dir() and not (path / PREPROCESSOR_FILE).is_file():
-        log.warning(
-            "%s has no %s: using the OpenAI CLIP preprocessing at %d px (mean/std, bicubic "
-            "resize, center crop); add the checkpoint's own file if it was trained otherwise",
-            spec,
-            PREPROCESSOR_FILE,
-            image_size,
-        )
-        return ClipPreprocess(image_size, source=f"OpenAI CLIP defaults ({spec} has no config)")
     try:
         processor = cls.from_pretrained(spec, local_files_only=not allow_download)
     except OSError as exc:
+        if path.is_dir() and not has_image_processor_config(path):
+            return _openai_fallback(spec, image_size)
         if path.is_dir():
-            raise ClipUnavailable(f"cannot read {path / PREPROCESSOR_FILE}: {exc}") from exc
+            raise ClipUnavailable(
+                f"cannot read the image processor config in {path}: {exc}"
+            ) from exc
         hint = "" if allow_download else " (set DDPO_ALLOW_DOWNLOAD=1 to fetch it)"
         raise ClipUnavailable(
             f"the CLIP preprocessor config of {spec!r} is not at hand{hint}"
         ) from exc
-    preprocess = ClipPreprocess(processor=processor, source=f"{PREPROCESSOR_FILE} of {spec}")
+    preprocess = ClipPreprocess(processor=processor, source=f"the image processor config of {spec}")
     if preprocess.size != image_size:
         raise ClipUnavailable(
             f"{spec}: the preprocessor crops to {preprocess.size} px but the model takes "
             f"{image_size} px images"
         )
     return preprocess
+
+
+def _openai_fallback(spec: str, image_size: int) -> ClipPreprocess:
+    log.warning(
+        "%s has no image processor config (%s): using the OpenAI CLIP preprocessing at %d px "
+        "(mean/std, bicubic resize, center crop); add the checkpoint's own if it was trained "
+        "otherwise",
+        spec,
+        " or ".join(CONFIG_FILES),
+        image_size,
+    )
+    return ClipPreprocess(image_size, source=f"OpenAI CLIP defaults ({spec} has no config)")

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from fastapi import Depends, Request
 
-from reward_server.batching import DynamicBatcher
+from reward_server.batching import DynamicBatcher, ScoringQueue
 from reward_server.observability import ServerMetrics
 from reward_server.problems import NOT_READY, RATINGS_DISABLED, UNKNOWN_SCORER, ProblemError
 from reward_server.rating_signal import RatingSignal
@@ -26,6 +27,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Builds the queue of one sync scorer: (name, scorer, settings, metrics) -> queue.
+BatcherFactory = Callable[[str, Scorer, ServerSettings, ServerMetrics], ScoringQueue]
+
+
+def local_batcher(
+    name: str, scorer: Scorer, settings: ServerSettings, metrics: ServerMetrics
+) -> ScoringQueue:
+    """The default: batches coalesced in this process, on the scorer's own thread."""
+    wait_s = settings.batch_max_wait_ms / 1000.0
+    return DynamicBatcher(scorer, max_wait_s=wait_s, name=name, on_batch=metrics.observe_batch)
+
 
 class ServerRuntime:
     """The live state of one app: settings, scorers, their batchers, the rating store,
@@ -38,6 +50,7 @@ class ServerRuntime:
         scorers: dict[str, Scorer] | None,
         registry: ScorerRegistry | None = None,
         rating_store: RatingStore | None = None,
+        batcher_factory: BatcherFactory = local_batcher,
     ) -> None:
         if scorers is not None and rating_store is None:
             needy = [name for name, s in scorers.items() if s.kind == "job"]
@@ -46,7 +59,8 @@ class ServerRuntime:
         self.settings = settings
         self.registry = registry
         self.scorers: dict[str, Scorer] = {}
-        self.batchers: dict[str, DynamicBatcher] = {}
+        self.batchers: dict[str, ScoringQueue] = {}
+        self._batcher_factory = batcher_factory
         self.rating_store = rating_store
         self.rating_signal = RatingSignal()
         self.status: Literal["ok", "starting", "unavailable"] = "starting"
@@ -81,12 +95,9 @@ class ServerRuntime:
         self._activate(scorers)
 
     def _activate(self, scorers: dict[str, Scorer]) -> None:
-        wait_s = self.settings.batch_max_wait_ms / 1000.0
         self.scorers = dict(scorers)
         self.batchers = {
-            name: DynamicBatcher(
-                scorer, max_wait_s=wait_s, name=name, on_batch=self.metrics.observe_batch
-            )
+            name: self._batcher_factory(name, scorer, self.settings, self.metrics)
             for name, scorer in self.scorers.items()
             if scorer.kind == "sync"  # job scorers (human ratings) answer via /v1/jobs
         }
@@ -126,7 +137,7 @@ class ServerRuntime:
         if self.status != "ok":
             raise ProblemError(503, f"no scorers available: {self.error}", NOT_READY)
 
-    def batcher(self, name: str) -> DynamicBatcher:
+    def batcher(self, name: str) -> ScoringQueue:
         self.require_ready()
         batcher = self.batchers.get(name)
         if batcher is None and name in self.scorers:

@@ -17,7 +17,7 @@ from typing import Any
 from PIL import Image
 
 from reward_server.clip_embedding import resolve_clip_spec
-from reward_server.clip_preprocess import PREPROCESSOR_FILE
+from reward_server.clip_preprocess import CONFIG_FILES
 from reward_server.clip_text_image import ClipTextImage
 from reward_server.scorers.base import Scorer
 from reward_server.settings import ServerSettings
@@ -47,7 +47,7 @@ class PickScoreScorer(Scorer):
 def build(settings: ServerSettings) -> PickScoreScorer:
     model = resolve_clip_spec(settings.pickscore_model, settings.models_dir)
     processor = resolve_clip_spec(
-        settings.pickscore_processor, settings.models_dir, marker=PREPROCESSOR_FILE
+        settings.pickscore_processor, settings.models_dir, markers=CONFIG_FILES
     )
     device = settings.resolve_device()
     clip = ClipTextImage.load(

@@ -111,6 +111,10 @@ class ScorerRegistry:
     def names(self) -> list[str]:
         return list(self._factories)
 
+    def needs_rating_store(self, name: str) -> bool:
+        """Whether `name` is a rating scorer (built on the rating database)."""
+        return name in self._rating
+
     def default_names(self) -> list[str]:
         """What a server loads when no scorers are named."""
         return [n for n in self._factories if n not in self._opt_in]
