@@ -282,10 +282,9 @@ def fit_reward(
 
 
 def main() -> None:
-    # A bounded OpenMP spin unless the user chose a wait behaviour: nearly the speed of
-    # spinning on free cores, no collapse beside another busy program (PASSIVE everywhere
-    # made epochs 2.2x slower, libgomp's long spin 6x slower beside one). A reward server
-    # started beside the trainer (RewardServerProcess: ddpo demo) gets one passive thread.
+    # OMP_WAIT_POLICY=PASSIVE unless the user chose a wait behaviour: the best worst case
+    # measured (beside one busy process 28 s per epoch, where spinning, bounded or not, took
+    # over 100 s); on free cores export ACTIVE for up to 2.2x (docs/benchmarks.md, 2026-12-04).
     apply_thread_defaults(os.environ)
     app()
 

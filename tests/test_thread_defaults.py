@@ -28,14 +28,14 @@ def _clean_environ(monkeypatch, **omp: str) -> None:
     monkeypatch.setattr(os, "environ", {**env, **omp})
 
 
-def test_cli_main_sets_a_bounded_spin(monkeypatch):
-    """Nothing exported: `ddpo` spins briefly, then sleeps (never libgomp's long spin)."""
+def test_cli_main_sets_passive_waiting(monkeypatch):
+    """Nothing exported: `ddpo` threads sleep when they wait (never libgomp's long spin)."""
     _clean_environ(monkeypatch)
     seen: dict[str, str | None] = {}
     monkeypatch.setattr(cli, "app", lambda: seen.update({n: os.environ.get(n) for n in OMP_VARS}))
     cli.main()
     assert seen == {**dict.fromkeys(OMP_VARS), **SPIN_DEFAULTS}
-    assert int(SPIN_DEFAULTS["GOMP_SPINCOUNT"]) < 300000  # libgomp's default
+    assert SPIN_DEFAULTS == {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 @pytest.mark.parametrize(
