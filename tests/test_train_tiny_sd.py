@@ -50,6 +50,7 @@ def run_two_steps(tool, tmp_path: Path, freeze: bool, save_every: float = 1e9):
         keep_snapshots=True,
         out=tmp_path / "out",
         freeze_text_encoder=freeze,
+        hold_out=False,
     )
     tool.train_unet(vae, unet, text_encoder, tok, args)
 
