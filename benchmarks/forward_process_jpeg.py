@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ from typing import Any
 
 from _common import REPO, RESULTS_DIR, child_env, machine_info, stop_on_sigterm, versions
 from jpeg_eval import Sampler, Weights, eval_seeds, jpeg_sizes_kb
-from jpeg_transfer import PROMPTS, SCORER, our_config, toml_value
+from jpeg_transfer import PROMPTS, SCORER, our_config, train_from_data
 
 PRESET = REPO / "configs" / "presets" / "small-budget-lora.toml"
 #: The forward-process recipe: the preset's layout (groups of 4, 12 samples per epoch,
@@ -82,22 +81,8 @@ def train_run(
     out = work / f"{name}-seed{seed}"
     cfg, data = our_config(keys, model_dir, out, url, seed, epochs)
     data.update(save_freq=every, num_checkpoint_limit=10_000)
-    path = work / f"{name}-seed{seed}.toml"
-    path.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in data.items()))
-    cmd = [str(Path(sys.executable).with_name("ddpo")), "train", "--config", str(path)]
     t0 = time.perf_counter()
-    with (work / f"{name}-seed{seed}.log").open("wb") as log:
-        proc = subprocess.run(
-            [*cmd, "--log-level", "warning"],
-            env=child_env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            check=False,
-        )
-    if proc.returncode != 0:
-        tail = (work / f"{name}-seed{seed}.log").read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"{name}: ddpo train failed ({proc.returncode}):\n{tail}")
-    rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if ln]
+    rows = train_from_data(data, work / f"{name}-seed{seed}", out)
     return {"cfg": cfg, "out": out, "rows": rows, "wall_s": time.perf_counter() - t0}
 
 

@@ -172,17 +172,12 @@ def our_config(keys: dict[str, Any], model_dir: Path, out: Path, url: str, seed:
     return build_config(data), data
 
 
-def run_ours(
-    keys: dict[str, Any], model_dir: Path, url: str, seed: int, epochs: int, work: Path
-) -> dict[str, Any]:
-    """One `ddpo train`; returns its per-epoch figures, sampler and saved weights."""
-    out = work / f"ours-seed{seed}"
-    cfg, data = our_config(keys, model_dir, out, url, seed, epochs)
-    path = work / f"ours-seed{seed}.toml"
+def train_from_data(data: dict[str, Any], stem: Path, out: Path) -> list[dict[str, Any]]:
+    """Write `data` to STEM.toml, run `ddpo train` on it (log in STEM.log), return metrics rows."""
+    path = stem.with_suffix(".toml")
     path.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in data.items()))
     cmd = [str(Path(sys.executable).with_name("ddpo")), "train", "--config", str(path)]
-    t0 = time.perf_counter()
-    with (work / f"ours-seed{seed}.log").open("wb") as log:
+    with stem.with_suffix(".log").open("wb") as log:
         proc = subprocess.run(
             [*cmd, "--log-level", "warning"],
             env=child_env(),
@@ -191,9 +186,19 @@ def run_ours(
             check=False,
         )
     if proc.returncode != 0:
-        tail = (work / f"ours-seed{seed}.log").read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"ddpo train failed ({proc.returncode}):\n{tail}")
-    rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if ln]
+        tail = stem.with_suffix(".log").read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"{stem.name}: ddpo train failed ({proc.returncode}):\n{tail}")
+    return [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if ln]
+
+
+def run_ours(
+    keys: dict[str, Any], model_dir: Path, url: str, seed: int, epochs: int, work: Path
+) -> dict[str, Any]:
+    """One `ddpo train`; returns its per-epoch figures, sampler and saved weights."""
+    out = work / f"ours-seed{seed}"
+    cfg, data = our_config(keys, model_dir, out, url, seed, epochs)
+    t0 = time.perf_counter()
+    rows = train_from_data(data, work / f"ours-seed{seed}", out)
     keep = ("reward_mean", "reward_std", "approx_kl", "clipfrac", "kl_to_reference")
     if cfg.use_lora:
         weights = Weights(kind="lora", path=out / "lora", lora_scale=cfg.lora_alpha / cfg.lora_rank)
