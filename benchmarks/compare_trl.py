@@ -145,6 +145,13 @@ def main() -> None:
         action="store_true",
         help="OMP_NUM_THREADS=1 for every child (the 2026-11-25 figures); default: user's env",
     )
+    ap.add_argument(
+        "--ours-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for our trainer only (e.g. OMP_WAIT_POLICY=ACTIVE), repeatable",
+    )
     ap.add_argument("--out", default="compare_trl")
     args = ap.parse_args()
     stop_on_sigterm()
@@ -165,6 +172,7 @@ def main() -> None:
     )
     names = [d.name for d in model_dirs]
     env = child_env(single_thread=args.single_thread)
+    ours_env = {**env, **dict(kv.split("=", 1) for kv in args.ours_env)}
     work = Path(tempfile.mkdtemp(prefix="ddpo-compare-"))
     ours: dict[str, list[dict[str, float]]] = {n: [] for n in names}
     trl: dict[str, list[dict[str, float]]] = {n: [] for n in names}
@@ -181,7 +189,9 @@ def main() -> None:
                 for who in order:
                     t0 = time.perf_counter()
                     if who == "ours":
-                        out = run_ours(model_dir, server.url, args.epochs, work, seed=r, env=env)
+                        out = run_ours(
+                            model_dir, server.url, args.epochs, work, seed=r, env=ours_env
+                        )
                         got[who] = our_epochs(out / "metrics.jsonl", skip=1)
                     else:
                         got[who] = run_trl(model_dir, args.epochs, work, seed=r, env=env)
@@ -211,6 +221,7 @@ def main() -> None:
             "versions": {"ours": versions(OUR_PACKAGES), "trl_venv": trl_versions()},
             "settings": SETTINGS,
             "child_thread_env": thread_env_label(env),
+            "ours_extra_env": dict(kv.split("=", 1) for kv in args.ours_env),
             "pipelines": {n: str(d) for n, d in zip(names, model_dirs, strict=True)},
             "epochs_per_process": args.epochs,
             "warmup_epochs_dropped_per_process": 1,

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from ddpo.thread_defaults import apply_thread_defaults
+from ddpo.thread_defaults import apply_thread_defaults, command_of
 
 app = typer.Typer(
     help="Fine-tune text-to-image diffusion models with DDPO against a reward server.",
@@ -282,10 +283,9 @@ def fit_reward(
 
 
 def main() -> None:
-    # OMP_WAIT_POLICY=PASSIVE unless the user chose a wait behaviour: the best worst case
-    # measured (beside one busy process 28 s per epoch, where spinning, bounded or not, took
-    # over 100 s); on free cores export ACTIVE for up to 2.2x (docs/benchmarks.md, 2026-12-04).
-    apply_thread_defaults(os.environ)
+    # `ddpo serve` waits passively unless the user chose; training adapts its threads at run
+    # time (trainer/thread_guard.py). Must happen before torch loads libgomp.
+    apply_thread_defaults(os.environ, command_of(sys.argv))
     app()
 
 

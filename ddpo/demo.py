@@ -23,6 +23,7 @@ import torch
 from ddpo.demo_fidelity import FidelityReport, eval_grid, fidelity_report, train_prompts
 from shared.shapes import all_prompts, held_out_prompts
 from trainer.config import TrainConfig, apply_overrides, build_config
+from trainer.thread_guard import ThreadGuard
 
 log = logging.getLogger(__name__)
 
@@ -349,6 +350,7 @@ def run_demo(
     say(f"starting the reward server ({reward}) ...")
     with server:
         say(f"reward server ready at {server.url} (pid {server.proc.pid})")
+        ThreadGuard()  # one thread from the start if another program is busy now
         say("sampling the base model on the evaluation prompts ...")
         before = eval_images(model, None, prompts, seeds, window)
         score_before = None if human else _score(server.url, reward, before, prompts)

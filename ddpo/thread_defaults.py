@@ -1,31 +1,33 @@
-"""OpenMP defaults for `ddpo` commands: waiting threads sleep (PASSIVE) unless the user chose.
+"""OpenMP defaults for `ddpo` commands, set before torch (and so libgomp) is loaded.
 
-libgomp (the OpenMP runtime of torch's CPU wheels) lets a thread that waits at a
-barrier spin 300000 iterations before it sleeps. On free cores that is the
-fastest setting; when another CPU-bound program holds a core, the spinning
-threads take the time the thread they wait for needs, and an epoch that took
-25 s alone took 146-201 s (issue 27). Measured beside one busy process
-(docs/benchmarks.md, 2026-12-04): PASSIVE 28 s per epoch, while libgomp's spin
-and a bounded spin (GOMP_SPINCOUNT=10000) both had not finished 2 epochs in
-200 s. PASSIVE has the best worst case; on free cores it costs 1.2x
-(models/tiny-sd) to 2.2x (tiny random pipeline); export OMP_WAIT_POLICY=ACTIVE
-or a GOMP_SPINCOUNT on a dedicated machine. Set before torch is imported:
-libgomp reads its variables once, when it is loaded.
+Training commands add nothing: they start with libgomp's defaults (all cores,
+spinning waits: the fastest on free cores) and `trainer/thread_guard.py` drops
+them to one thread when another program competes, where spinning collapses.
+`ddpo serve` waits passively (OMP_WAIT_POLICY=PASSIVE): a server sits beside
+other work by design and its spin cannot be changed once libgomp has loaded;
+its scorers are large operators, where passive waiting cost 7% of images/s
+(docs/benchmarks.md, 2026-12-01). An OpenMP variable the user exported wins.
 """
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 
-#: What `ddpo` adds when the user chose no wait behaviour.
-SPIN_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}
-#: Variables that mean the user chose one: then nothing is added.
-USER_CHOICES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+#: What `ddpo <command>` adds when the user chose nothing (commands not named: nothing).
+COMMAND_DEFAULTS: dict[str, dict[str, str]] = {"serve": {"OMP_WAIT_POLICY": "PASSIVE"}}
+#: Variables that mean the user chose: then nothing is added.
+USER_CHOICES = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
-def apply_thread_defaults(environ: MutableMapping[str, str]) -> dict[str, str]:
-    """Add SPIN_DEFAULTS to `environ` unless the user chose a wait behaviour; returns the added."""
+def command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand in a `ddpo` argv (the first argument that is not an option)."""
+    return next((a for a in argv[1:] if not a.startswith("-")), None)
+
+
+def apply_thread_defaults(environ: MutableMapping[str, str], command: str | None) -> dict[str, str]:
+    """Add the defaults for `command` to `environ` unless the user chose; returns the added."""
     if any(name in environ for name in USER_CHOICES):
         return {}
-    environ.update(SPIN_DEFAULTS)
-    return dict(SPIN_DEFAULTS)
+    added = COMMAND_DEFAULTS.get(command or "", {})
+    environ.update(added)
+    return dict(added)

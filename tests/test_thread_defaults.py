@@ -1,9 +1,10 @@
-"""OpenMP defaults: `ddpo` spins briefly unless told otherwise; a co-located server gets one thread.
+"""OpenMP defaults: training starts at libgomp's defaults; a server waits passively.
 
 `ddpo` once put OMP_WAIT_POLICY=PASSIVE into every command's environment, which
-made an epoch on 2 cores 2.2x slower (docs/benchmarks.md, 2026-12-01); without
-it libgomp's long spin collapsed beside another busy program (issue 27). These
-checks need no timing: they look at the environment each process gets.
+made an epoch on 2 cores 2.1x slower than libgomp's spin on free cores; the spin
+collapsed beside another busy program (issue 27). Training now adapts its thread
+count at run time (tests/test_thread_guard.py). These checks need no timing: they
+look at the environment each process gets.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 
 import ddpo.cli as cli
 from ddpo.server_process import RewardServerProcess
-from ddpo.thread_defaults import SPIN_DEFAULTS
+from ddpo.thread_defaults import COMMAND_DEFAULTS, command_of
 
 OMP_VARS = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOMP_SPINCOUNT")
 
@@ -28,32 +29,50 @@ def _clean_environ(monkeypatch, **omp: str) -> None:
     monkeypatch.setattr(os, "environ", {**env, **omp})
 
 
-def test_cli_main_sets_passive_waiting(monkeypatch):
-    """Nothing exported: `ddpo` threads sleep when they wait (never libgomp's long spin)."""
-    _clean_environ(monkeypatch)
+def _run_main(monkeypatch, *argv: str) -> dict[str, str | None]:
+    """The OMP_* variables the typer app would see for `ddpo ARGV`."""
     seen: dict[str, str | None] = {}
+    monkeypatch.setattr(sys, "argv", ["ddpo", *argv])
     monkeypatch.setattr(cli, "app", lambda: seen.update({n: os.environ.get(n) for n in OMP_VARS}))
     cli.main()
-    assert seen == {**dict.fromkeys(OMP_VARS), **SPIN_DEFAULTS}
-    assert SPIN_DEFAULTS == {"OMP_WAIT_POLICY": "PASSIVE"}
+    return seen
+
+
+@pytest.mark.parametrize("argv", [("train", "--config", "x.toml"), ("demo",), ("--help",)])
+def test_training_commands_start_at_libgomps_defaults(monkeypatch, argv):
+    """Nothing exported: nothing added, so free cores spin at full speed (the guard adapts)."""
+    _clean_environ(monkeypatch)
+    assert _run_main(monkeypatch, *argv) == dict.fromkeys(OMP_VARS)
+
+
+def test_serve_keeps_all_cores_and_waits_passively(monkeypatch):
+    _clean_environ(monkeypatch)
+    seen = _run_main(monkeypatch, "serve", "--port", "8000")
+    assert seen == {**dict.fromkeys(OMP_VARS), "OMP_WAIT_POLICY": "PASSIVE"}
+    assert COMMAND_DEFAULTS == {"serve": {"OMP_WAIT_POLICY": "PASSIVE"}}
+    assert seen["OMP_NUM_THREADS"] is None
+
+
+def test_command_of_skips_options():
+    assert command_of(["ddpo", "--help", "train", "--config", "a"]) == "train"
+    assert command_of(["ddpo"]) is None
 
 
 @pytest.mark.parametrize(
-    "chosen", [{"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "300000"}, {}]
+    "chosen",
+    [
+        {"OMP_WAIT_POLICY": "ACTIVE"},
+        {"GOMP_SPINCOUNT": "300000"},
+        {"OMP_NUM_THREADS": "2"},
+        {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "ACTIVE"},
+    ],
 )
-def test_cli_main_keeps_the_users_openmp_variables(monkeypatch, chosen):
-    _clean_environ(monkeypatch, OMP_NUM_THREADS="2", **chosen)
-    seen: dict[str, str | None] = {}
-    monkeypatch.setattr(cli, "app", lambda: seen.update({n: os.environ.get(n) for n in OMP_VARS}))
-    cli.main()
-    assert seen["OMP_NUM_THREADS"] == "2"
-    expected = chosen or SPIN_DEFAULTS  # a wait behaviour the user chose is left alone
-    assert {k: seen[k] for k in expected} == expected
-    if chosen:
-        assert {k: v for k, v in seen.items() if v is not None} == {
-            "OMP_NUM_THREADS": "2",
-            **chosen,
-        }
+@pytest.mark.parametrize("command", ["train", "serve"])
+def test_cli_main_keeps_the_users_openmp_variables(monkeypatch, chosen, command):
+    """Any OpenMP choice of the user's wins, and nothing is added beside it."""
+    _clean_environ(monkeypatch, **chosen)
+    seen = _run_main(monkeypatch, command)
+    assert {k: v for k, v in seen.items() if v is not None} == chosen
 
 
 def test_cli_does_not_load_torch_before_main():

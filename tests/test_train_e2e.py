@@ -88,6 +88,7 @@ def test_train_writes_metrics_checkpoints_and_loadable_lora(tmp_path, server, ti
             "time_sampling_s",
             "time_reward_wait_s",
             "time_training_s",
+            "cpu_threads",
             "approx_kl",
             "clipfrac",
         ):

@@ -39,6 +39,7 @@ from trainer.sampling import Trajectories, sample_seed
 from trainer.sde_window import sde_window
 from trainer.stat_tracker import PerPromptStatTracker
 from trainer.step_baseline import baseline_figures, step_advantages
+from trainer.thread_guard import ThreadGuard
 
 log = logging.getLogger(__name__)
 
@@ -387,6 +388,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     if accelerator.is_main_process:
         (run.output_dir / "config.json").write_text(cfg.model_dump_json(indent=1))
 
+    guard = ThreadGuard()
     try:
         for epoch in range(start_epoch, cfg.num_epochs):
             t0 = time.perf_counter()
@@ -414,7 +416,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
                 "time_training_s": t_trained - t_rewarded,
                 "global_step": global_step,
                 "time_total_s": time.perf_counter() - t0,
+                "cpu_threads": torch.get_num_threads(),
             }
+            guard.after_epoch((t_sampled - t0) + (t_trained - t_rewarded))
             log_images = cfg.log_images_every and epoch % cfg.log_images_every == 0
             run_log.write_epoch(
                 record, images=trajs.images if log_images else None, prompts=trajs.prompts
