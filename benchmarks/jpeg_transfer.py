@@ -328,6 +328,8 @@ def main() -> None:
         return
     stop_on_sigterm()
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
+    # Absolute: trl's child runs in a work directory, where a relative path reads as a hub id.
+    args.model_dir = args.model_dir.resolve()
     if args.quick:
         args.seeds, args.samples, args.sample_batch_size, args.eval_seeds = 1, 8, 2, 1
         args.sample_num_steps = 4
