@@ -152,7 +152,7 @@ def demo_config(
         mixed_precision="no",
         resolution=64,
         sample_num_steps=DEMO_STEPS,
-        sample_guidance_scale=3.0,
+        sample_guidance_scale=recipe_keys.get("sample_guidance_scale", 3.0),
         sample_batch_size=8,
         sample_num_batches_per_epoch=4 if human else 2,
         train_batch_size=8,
@@ -173,36 +173,46 @@ def eval_images(
     prompts: list[str],
     seeds: list[int],
     window: range | None = None,
+    cfg: TrainConfig | None = None,
 ) -> np.ndarray:
-    """One image per (prompt, seed) with the trainer's own sampler (eta 1), uint8 HWC.
+    """One image per (prompt, seed) with the trainer's own sampler, uint8 HWC.
 
     `trained` is a run's output directory: its lora/ (LoRA) or unet/ (full fine-tuning).
-    `window`: the stochastic steps, as the run sampled them (default: all), so the
-    policy is scored as it was trained.
+    `cfg`: the run's config, whose algorithm samples (PPO: DDIM at eta 1 in `window`;
+    NFT / AWM: deterministic DDIM) at its guidance scale; without it PPO's sampler at
+    guidance 3. `window`: PPO's stochastic steps, as the run sampled them (default: all),
+    so the policy is scored as it was trained.
     """
     from diffusers import UNet2DConditionModel
 
+    from trainer.algorithms import build_algorithm
     from trainer.families import load_family
-    from trainer.sampling import sample_trajectories
 
     family = load_family(str(model), None, torch.device("cpu"), torch.float32)
     if trained is not None and (trained / "lora").is_dir():
         family.pipeline.load_lora_weights(str(trained / "lora"))
     elif trained is not None:
         family.pipeline.unet = UNet2DConditionModel.from_pretrained(str(trained / "unet"))
-    trajs = sample_trajectories(
+    if cfg is None:
+        cfg = TrainConfig(
+            pretrained_model=str(model),
+            prompts=prompts,
+            rewards=[{"url": "http://127.0.0.1:1", "scorer": "jpeg_compressibility"}],
+            sample_guidance_scale=3.0,
+        )
+    samples = build_algorithm(cfg, []).sample(
         family,
         family.unet,
         prompts,
         torch.arange(len(prompts)),
         seeds,
         num_steps=DEMO_STEPS,
-        guidance_scale=3.0,
-        eta=1.0,
+        guidance_scale=cfg.sample_guidance_scale,
+        eta=cfg.sample_eta,
         resolution=64,
         window=window,
     )
-    return trajs.images
+    return samples.images
 
 
 def eval_window(cfg: TrainConfig) -> range | None:
@@ -337,7 +347,8 @@ def run_demo(
             cfg = build_config(apply_overrides(cfg.model_dump(mode="json"), list(overrides)))
         return cfg
 
-    window = eval_window(config("http://127.0.0.1:1"))  # a bad override fails here, early
+    sampler_cfg = config("http://127.0.0.1:1")  # a bad override fails here, early
+    window = eval_window(sampler_cfg)
     if not (Path(model) / "model_index.json").is_file():
         raise FileNotFoundError(f"no diffusers pipeline at {model} (model_index.json missing)")
     output_dir = Path(output_dir)
@@ -352,7 +363,7 @@ def run_demo(
         say(f"reward server ready at {server.url} (pid {server.proc.pid})")
         ThreadGuard()  # one thread from the start if another program is busy now
         say("sampling the base model on the evaluation prompts ...")
-        before = eval_images(model, None, prompts, seeds, window)
+        before = eval_images(model, None, prompts, seeds, window, sampler_cfg)
         score_before = None if human else _score(server.url, reward, before, prompts)
         cfg = config(server.url)
         if human:
@@ -368,7 +379,7 @@ def run_demo(
             )
         say(f"fine-tuning with DDPO for {cfg.num_epochs} epochs ...")
         train(cfg)
-        after = eval_images(model, output_dir, prompts, seeds, window)
+        after = eval_images(model, output_dir, prompts, seeds, window, sampler_cfg)
         score_after = None if human else _score(server.url, reward, after, prompts)
 
     records = read_metrics(output_dir)

@@ -41,3 +41,31 @@ def test_eval_images_samples_with_the_window():
     again = eval_images(BUILTIN_MODEL, None, prompt, seed, range(0, 9))
     assert (window == again).all()
     assert (window != all_steps).any()
+
+
+def test_eval_images_samples_with_the_runs_algorithm(tmp_path):
+    """A forward-process run is judged with its own deterministic DDIM, at the run's guidance."""
+    import numpy as np
+
+    from ddpo.demo import BUILTIN_MODEL, eval_images
+
+    prompt, seed = ["a blue circle on a white background"], [202]
+    nft = config(tmp_path, train_algorithm="nft")
+    ppo = config(tmp_path)
+    assert nft.sample_guidance_scale == ppo.sample_guidance_scale == 3.0
+    by_nft = eval_images(BUILTIN_MODEL, None, prompt, seed, None, nft)
+    # PPO's sampler with only the last (sigma ~0.01) step stochastic is nearly DDIM's chain
+    by_ddim = eval_images(BUILTIN_MODEL, None, prompt, seed, range(9, 10), ppo)
+    stochastic = eval_images(BUILTIN_MODEL, None, prompt, seed, None, ppo)
+    near = np.abs(by_nft.astype(int) - by_ddim.astype(int)).mean()
+    far = np.abs(by_nft.astype(int) - stochastic.astype(int)).mean()
+    assert near < 1.0 and far > 4 * near, (near, far)
+    unguided = eval_images(
+        BUILTIN_MODEL,
+        None,
+        prompt,
+        seed,
+        None,
+        config(tmp_path, train_algorithm="nft", sample_guidance_scale=1.0),
+    )
+    assert np.abs(unguided.astype(int) - by_nft.astype(int)).mean() > 4 * near
