@@ -131,7 +131,8 @@ def demo(
         Path | None,
         typer.Option(
             help="Preset of training keys, algorithm included, for the automatic rewards "
-            "(default: configs/presets/small-budget-lora.toml, PPO)."
+            "(default: configs/presets/small-budget-nft.toml, DiffusionNFT; "
+            "configs/presets/small-budget-lora.toml: PPO)."
         ),
     ] = None,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "warning",

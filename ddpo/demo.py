@@ -53,8 +53,9 @@ _LAST_STEP_DETERMINISTIC = {
     "sample_sde_window_range": (0, DEMO_STEPS - 1),
 }
 #: The automatic rewards' recipe, shared with users as a preset (its batch layout is the
-#: demo's own below).
-AUTOMATIC_PRESET = REPO_ROOT / "configs" / "presets" / "small-budget-lora.toml"
+#: demo's own below): DiffusionNFT, which gained more per sample than PPO on JPEG on both
+#: tiny models and on held-out prompt fidelity (docs/learning.md, 2026-12-05).
+AUTOMATIC_PRESET = REPO_ROOT / "configs" / "presets" / "small-budget-nft.toml"
 #: Chosen on scripted red and "big" raters, confirmed on blue, green, yellow (docs/rlhf.md):
 #: approx_kl 1e-7..3e-6 per epoch, where full fine-tuning at lr 6e-4 gave 200-880 and one blob.
 HUMAN_RECIPE: dict = {
@@ -117,13 +118,13 @@ def demo_config(
 ) -> TrainConfig:
     """The demo's recipe, chosen by measurement on 2 CPU cores (docs/learning.md).
 
-    Automatic rewards: LoRA on attention, group-relative advantages (4 samples
-    per prompt), DDPO's ratio clip scaled to this short chain (1e-3), a KL anchor
-    to the base model, and the last denoising step deterministic: its sigma is 0.01
-    against 0.28 for the step before, so it carried 1000x the log-ratio and 25x the
-    gradient of any other step, and training on it sent every prompt to one
-    mottled texture within epochs (full fine-tuning at lr 1e-3: fidelity
-    0.65 -> 0.00).
+    Automatic rewards: DiffusionNFT with LoRA on attention, group-relative advantages
+    (4 samples per prompt), deterministic DDIM sampling at guidance 3, every step
+    re-noised and trained (configs/presets/small-budget-nft.toml). With
+    `--recipe configs/presets/small-budget-lora.toml`, PPO: DDPO's ratio clip scaled to
+    this short chain (1e-3), a KL anchor, and the last denoising step deterministic (its
+    sigma of 0.01 carried 1000x the log-ratio of any other step and sent every prompt to
+    one mottled texture: fidelity 0.65 -> 0.00).
 
     `recipe`: a preset of training keys (algorithm included) for the automatic rewards.
     `prompt_fidelity` trains on the held-out combinations and their seen neighbours

@@ -6,9 +6,14 @@ from ddpo.demo import demo_config, eval_window
 from trainer.config import build_config
 from trainer.sde_window import sde_window
 
+PPO_PRESET = Path(__file__).parents[1] / "configs" / "presets" / "small-budget-lora.toml"
+
 
 def config(tmp_path: Path, **overrides):
-    cfg = demo_config("prompt_fidelity", 2, tmp_path, "http://127.0.0.1:1", Path("m"))
+    """The demo's config with the PPO recipe (`--recipe`), whose window these checks need."""
+    cfg = demo_config(
+        "prompt_fidelity", 2, tmp_path, "http://127.0.0.1:1", Path("m"), recipe=PPO_PRESET
+    )
     return build_config({**cfg.model_dump(mode="json"), **overrides})
 
 
