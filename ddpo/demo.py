@@ -46,6 +46,8 @@ SHOWN_PROMPTS = [
     "a blue square on a gray background",
 ]
 DEMO_STEPS = 10
+#: How the demo names each `train_algorithm` to a reader.
+METHOD_NAMES = {"ppo": "DDPO (PPO)", "nft": "DiffusionNFT", "awm": "AWM"}
 
 #: Shared by both recipes: the last of the 10 steps deterministic (see demo_config).
 _LAST_STEP_DETERMINISTIC = {
@@ -244,6 +246,7 @@ def _before_after_png(
     sa: np.ndarray | None,
     name: str,
     grid: tuple[np.ndarray | None, np.ndarray | None, int],
+    method: str = "DDPO",
 ) -> None:
     """Two rows of images, same prompts and seeds; scores under each when there are any.
 
@@ -276,7 +279,9 @@ def _before_after_png(
         )
     else:
         title = f"reward {name}"
-    fig.suptitle(f"DDPO on the built-in tiny model, {title} (same prompts and seeds)", fontsize=9)
+    fig.suptitle(
+        f"{method} on the built-in tiny model, {title} (same prompts and seeds)", fontsize=9
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -378,7 +383,7 @@ def run_demo(
                 "(red, green, blue, yellow, big or dark):\n"
                 f'  python -m reward_server.scripted_rater "{invite}" --prefers red\n'
             )
-        say(f"fine-tuning with DDPO for {cfg.num_epochs} epochs ...")
+        say(f"fine-tuning with {METHOD_NAMES[cfg.train_algorithm]} for {cfg.num_epochs} epochs ...")
         train(cfg)
         after = eval_images(model, output_dir, prompts, seeds, window, sampler_cfg)
         score_after = None if human else _score(server.url, reward, after, prompts)
@@ -394,6 +399,7 @@ def run_demo(
         None if score_after is None else score_after[shown],
         reward,
         (score_before, score_after, len(prompts)),
+        METHOD_NAMES[cfg.train_algorithm],
     )
     _reward_curve_png(output_dir / "reward_curve.png", records, reward)
     result = DemoResult(

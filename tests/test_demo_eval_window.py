@@ -74,3 +74,10 @@ def test_eval_images_samples_with_the_runs_algorithm(tmp_path):
         config(tmp_path, train_algorithm="nft", sample_guidance_scale=1.0),
     )
     assert np.abs(unguided.astype(int) - by_nft.astype(int)).mean() > 4 * near
+
+
+def test_every_algorithm_has_a_name_in_the_demo():
+    from ddpo.demo import METHOD_NAMES
+    from trainer.algorithms import ALGORITHMS
+
+    assert set(METHOD_NAMES) == set(ALGORITHMS)
