@@ -19,7 +19,7 @@ import io
 import logging
 import threading
 import time
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -148,11 +148,17 @@ class ScriptedRater:
     """Rates every task it is offered until stopped; thread-safe counters for tests."""
 
     def __init__(
-        self, invite: str, prefers: str = "red", idle_sleep_s: float = 0.2, timeout_s: float = 30
+        self,
+        invite: str,
+        prefers: str = "red",
+        idle_sleep_s: float = 0.2,
+        timeout_s: float = 30,
+        mode: Literal["score", "pair"] = "score",
     ) -> None:
         check_taste(prefers)
         self.base, token = split_invite(invite)
         self.prefers = prefers
+        self.mode = mode
         self.idle_sleep_s = idle_sleep_s
         self.http = httpx.Client(
             base_url=self.base, headers={"Authorization": f"Bearer {token}"}, timeout=timeout_s
@@ -164,15 +170,22 @@ class ScriptedRater:
 
     def rate_one(self) -> bool:
         """Rate the next task, if any; False when the queue is empty."""
-        task = self.http.get("/rate/api/next", params={"mode": "score"})
+        task = self.http.get("/rate/api/next", params={"mode": self.mode})
         task.raise_for_status()
         body = task.json()["task"]
         if body is None:
             return False
-        png = self.http.get(f"/rate/image/{body['items'][0]['item_id']}")
-        png.raise_for_status()
-        score = preference_score(Image.open(io.BytesIO(png.content)), self.prefers)
-        answer = self.http.post("/rate/api/rate", json={"lease": body["lease"], "score": score})
+        scores = []
+        for item in body["items"]:  # one image, or A and B of a pair
+            png = self.http.get(f"/rate/image/{item['item_id']}")
+            png.raise_for_status()
+            scores.append(preference_score(Image.open(io.BytesIO(png.content)), self.prefers))
+        score = max(scores)
+        if body["mode"] == "pair":  # the one liked more; A on a tie
+            rating = {"lease": body["lease"], "choice": "a" if scores[0] >= scores[1] else "b"}
+        else:
+            rating = {"lease": body["lease"], "score": score}
+        answer = self.http.post("/rate/api/rate", json=rating)
         if answer.status_code not in (200, 409, 410):  # 409/410: the job ended meanwhile
             answer.raise_for_status()
         self.rated += 1
@@ -206,13 +219,18 @@ def main(
         str, typer.Option(help=f"Taste: {', '.join(TASTES)} (big shapes, dark backgrounds).")
     ] = "red",
     seconds: Annotated[float, typer.Option(help="Stop after this long (0: never).")] = 0.0,
+    mode: Annotated[
+        str, typer.Option(help="score: rate images 1-10; pair: pick the better of two.")
+    ] = "score",
 ) -> None:
     """Rate every queued image like a person of one taste (see preference_score)."""
     try:
         check_taste(prefers)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--prefers") from exc
-    rater = ScriptedRater(invite, prefers)
+    if mode not in ("score", "pair"):
+        raise typer.BadParameter("score or pair", param_hint="--mode")
+    rater = ScriptedRater(invite, prefers, mode=mode)  # type: ignore[arg-type]
     typer.echo(f"rating at {rater.base}, liking {prefers} (Ctrl-C stops)")
     rater.start()
     started = time.monotonic()
@@ -223,7 +241,7 @@ def main(
         pass
     finally:
         rater.stop()
-    typer.echo(f"rated {rater.rated} image(s), liked {rater.liked}")
+    typer.echo(f"rated {rater.rated} task(s), liked {rater.liked}")
 
 
 if __name__ == "__main__":

@@ -110,5 +110,10 @@ class JobStatus(BaseModel):
         ..., description="One entry per item in request order; null without enough ratings."
     )
     num_ratings: list[int] = Field(..., description="Ratings (or comparisons) each item has.")
+    wins: list[int] | None = Field(
+        None,
+        description="Pair mode only: the comparisons each item won, of its num_ratings. The "
+        "trainer's pair_score = 'win_rate' learns from these directly.",
+    )
     ratings_per_item: int = Field(..., description="Ratings an item needs for a score (k).")
     deadline: float = Field(..., description="Unix time (seconds) of the job's deadline.")

@@ -13,6 +13,8 @@ weighted sum; "advantages" takes each reward's advantage by the same rule
 (its own groups, its own per-prompt tracker, its own batch statistics) and
 sums those by weight, so a reward on a wide scale (PickScore ~20) cannot drown
 one on a narrow scale (a 0-1 judge) and every reward pulls with its weight.
+Pairwise preferences taken directly (`pair_score = "win_rate"`) are advantages
+already: Z (2 w - 1), no statistics.
 """
 
 from __future__ import annotations
@@ -53,6 +55,20 @@ def group_advantages(
         std = float(rewards[members].std()) if std_over == "group" else batch_std
         c = centred[members]
         adv[members] = (c - c.mean(axis=0)) / (std + EPS)
+    return adv
+
+
+def preference_advantages(win_rates: np.ndarray, z: float) -> np.ndarray:
+    """Z (2 w - 1) for win rates w of pairwise comparisons (NaN: not compared -> 0).
+
+    No statistics: a preference is already relative. NFT's r = 1/2 + 1/2 clip(A / Z)
+    is then w itself, so the image preferred in its one rated pair is wholly positive
+    and the other wholly negative; PPO and AWM get the advantage at full scale.
+    """
+    w = np.asarray(win_rates, dtype=np.float64)
+    adv = np.zeros(w.shape, dtype=np.float32)
+    ok = np.isfinite(w)
+    adv[ok] = z * (2.0 * w[ok] - 1.0)
     return adv
 
 
@@ -129,18 +145,28 @@ def epoch_advantages_by_reward(
     whose combined reward is NaN (some reward dropped it) gets 0 from every reward
     and is left out of every reward's statistics, exactly as in "sum".
     """
+    keys = scorer_keys(cfg.rewards)
+    direct = {k for k, ep in zip(keys, cfg.rewards, strict=True) if ep.pair_score == "win_rate"}
+    valid = np.isfinite(np.asarray(rewards, dtype=np.float64))
     if cfg.reward_aggregation == "sum":
+        if direct:  # then the only reward (TrainConfig checks)
+            (key,) = direct
+            win_rates = np.where(valid, np.asarray(per_scorer[key], dtype=np.float64), np.nan)
+            return preference_advantages(win_rates, cfg.train_adv_clip_max), {}
         return advantages(cfg, tracker, list(prompts), rewards, groups), {}
     if not isinstance(tracker, RewardStatTrackers):
         raise TypeError("reward_aggregation = 'advantages' needs a RewardStatTrackers")
-    weights = dict(zip(scorer_keys(cfg.rewards), (ep.weight for ep in cfg.rewards), strict=True))
+    weights = dict(zip(keys, (ep.weight for ep in cfg.rewards), strict=True))
     if set(per_scorer) != set(weights):
         raise ValueError(f"rewards for {sorted(per_scorer)}, weights for {sorted(weights)}")
-    valid = np.isfinite(np.asarray(rewards, dtype=np.float64))
     combined = np.zeros(len(rewards), dtype=np.float64)
     each: dict[str, np.ndarray] = {}
     for key, weight in weights.items():
         r = np.where(valid, np.asarray(per_scorer[key], dtype=np.float64), np.nan)
+        if key in direct:
+            each[key] = preference_advantages(r, cfg.train_adv_clip_max)
+            combined += weight * each[key]
+            continue
         each[key] = advantages(cfg, tracker.for_reward(key), list(prompts), r, groups)
         combined += weight * each[key]
     return combined.astype(np.float32), each

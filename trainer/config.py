@@ -63,6 +63,13 @@ class RewardEndpoint(BaseModel):
     fallback_scorer: str | None = Field(
         None, description="A sync scorer on the same server, for missing = 'fallback'."
     )
+    pair_score: Literal["strength", "win_rate"] = Field(
+        "strength",
+        description="human_pairwise only. strength: the server's Bradley-Terry log-strength, "
+        "a reward like any other; win_rate: each image's share of the comparisons it won, "
+        "taken directly as its advantage Z (2 w - 1), Z = train_adv_clip_max: in a rated pair "
+        "the preferred image is positive (NFT's r = 1) and the other negative (r = 0).",
+    )
 
     @field_validator("url")
     @classmethod
@@ -85,6 +92,8 @@ class RewardEndpoint(BaseModel):
     def _check_fallback(self) -> RewardEndpoint:
         if self.missing == "fallback" and not self.fallback_scorer:
             raise ValueError("missing = 'fallback' needs fallback_scorer (a scorer name)")
+        if self.missing == "fallback" and self.pair_score == "win_rate":
+            raise ValueError("pair_score = 'win_rate' takes no fallback scores: missing = 'drop'")
         return self
 
 
@@ -343,6 +352,13 @@ class TrainConfig(AlgorithmKeys):
                     "train_step_baseline normalises within groups or over the batch: set "
                     "sample_group_size > 1 or per_prompt_stat_tracking = false"
                 )
+        direct = [ep for ep in self.rewards if ep.pair_score == "win_rate"]
+        several = len(self.rewards) > 1 and self.reward_aggregation == "sum"
+        if direct and (several or self.train_step_baseline):
+            raise ValueError(
+                "pair_score = 'win_rate' gives advantages, not rewards: beside other rewards "
+                "set reward_aggregation = 'advantages'; it takes no train_step_baseline"
+            )
         if self.train_algorithm == "ppo" and not self.train_cfg and self.sample_guidance_scale != 1:
             raise ValueError(
                 f"train_cfg = false with sample_guidance_scale = {self.sample_guidance_scale:g} "

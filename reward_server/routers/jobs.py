@@ -124,6 +124,7 @@ def _job_status(view: JobView, runtime: ServerRuntime) -> JobStatus:
         status=view.status,
         scores=[None if s is None or not math.isfinite(s) else float(s) for s in view.scores],
         num_ratings=view.num_ratings,
+        wins=view.wins,
         ratings_per_item=view.ratings_per_item,
         deadline=view.deadline,
     )

@@ -1,7 +1,9 @@
 """Rating jobs: queue a batch of images, cancel it, and read its progress and scores.
 
 A score-mode item's score is the mean of its ratings; a pair-mode item's is its
-Bradley-Terry log-strength among the images of its job sharing its prompt.
+Bradley-Terry log-strength among the images of its job sharing its prompt, and its
+wins (comparisons it won) are reported beside, for learners that take the
+preferences themselves.
 Either is reported once the item has its k ratings.
 """
 
@@ -84,6 +86,7 @@ def job_view(session: Session, job_id: str, now: float) -> JobView | None:
     k = job.ratings_per_item
     counts = [0] * len(rows)
     scores: list[float | None] = [None] * len(rows)
+    wins: list[int] | None = None
     if job.mode == "score":
         given: dict[int, list[int]] = defaultdict(list)
         for item_id, score in session.execute(
@@ -101,9 +104,11 @@ def job_view(session: Session, job_id: str, now: float) -> JobView | None:
                 select(Rating.item_id, Rating.other_item_id).where(Rating.job_id == job_id)
             )
         ]
+        wins = [0] * len(rows)
         for w, lo in outcomes:
             counts[w] += 1
             counts[lo] += 1
+            wins[w] += 1
         groups: dict[str, list[int]] = defaultdict(list)
         for i, row in enumerate(rows):
             groups[row.prompt].append(i)
@@ -132,4 +137,5 @@ def job_view(session: Session, job_id: str, now: float) -> JobView | None:
         num_ratings=counts,
         ratings_per_item=k,
         deadline=job.deadline,
+        wins=wins,
     )

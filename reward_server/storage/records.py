@@ -26,6 +26,7 @@ class JobView:
     num_ratings: list[int]
     ratings_per_item: int
     deadline: float
+    wins: list[int] | None = None  # pair mode: comparisons each item won
 
 
 @dataclass(frozen=True)

@@ -106,7 +106,7 @@ class JobRunner:
             if status.status != "pending" or self._clock() >= stop_at:
                 break
         n = len(status.scores)
-        scores = np.array([np.nan if s is None else s for s in status.scores], dtype=np.float64)
+        scores = job_scores(ep, status)
         missing = [i for i in range(n) if status.scores[i] is None]
         batch.counts["rated"] += n - len(missing)
         if status.status == "pending":  # we stop waiting: free the raters from this job
@@ -168,3 +168,25 @@ class JobRunner:
             return JobAccepted.model_validate_json(resp.content).job_id, base
         except ValidationError as exc:
             raise RewardError(f"{describe(ep)} sent an invalid job answer: {exc}") from None
+
+
+def job_scores(ep: RewardEndpoint, status: JobStatus) -> np.ndarray:
+    """The job's per-item scores as `ep` takes them; NaN where an item lacks its ratings.
+
+    pair_score = "win_rate": the share of its comparisons each item won, in place of
+    the server's fitted strength (trainer/advantages.py turns it into the advantage).
+    """
+    if ep.pair_score == "strength":
+        return np.array([np.nan if s is None else s for s in status.scores], dtype=np.float64)
+    if status.wins is None:
+        raise RewardError(
+            f"{describe(ep)}: pair_score = 'win_rate' needs pairwise comparisons, and scorer "
+            f"{status.scorer!r} reports none (use human_pairwise, or pair_score = 'strength')"
+        )
+    return np.array(
+        [
+            np.nan if s is None or n == 0 else w / n
+            for s, w, n in zip(status.scores, status.wins, status.num_ratings, strict=True)
+        ],
+        dtype=np.float64,
+    )
