@@ -7,6 +7,7 @@ deploy/ray-serve-cpu.yaml (prompt_fidelity in two replicas), and the trainer,
 unchanged, trains over the compose network with the API key. The worker node is
 killed mid-run: Serve moves its replica to the head and every sample is still
 scored once. `docker compose stop` ends the head through its SIGTERM handler.
+With DDPO_RAY_HAPROXY=1 in the environment the same runs on Ray's HAProxy ingress.
 """
 
 from __future__ import annotations
@@ -152,6 +153,9 @@ def test_trainer_scores_through_ray_serve_across_a_lost_node(ray_stack: Stack) -
     stack.timings["serve_healthy_s"] = time.monotonic() - start
     cluster = _cluster(stack)
     assert len(cluster["nodes"]) == 2, cluster
+    if os.environ.get("DDPO_RAY_HAPROXY") == "1":  # the ingress is HAProxy, not Serve's proxy
+        procs = stack.compose("exec", "-T", "reward-server", "sh", "-c", "cat /proc/[0-9]*/comm")
+        assert "haproxy" in procs.stdout.split(), procs.stdout
     assert len(set(cluster["replica_nodes"])) == 2, f"replicas not spread: {cluster}"
 
     # A burst of concurrent requests reaches both replicas, so both nodes serve (with one
