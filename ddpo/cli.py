@@ -111,7 +111,8 @@ def demo(
         ),
     ] = "prompt_fidelity",
     epochs: Annotated[
-        int | None, typer.Option(min=1, help="DDPO epochs; default 15, or 8 for human.")
+        int | None,
+        typer.Option(min=1, help="Epochs; default 120 for prompt_fidelity, 15 JPEG, 8 human."),
     ] = None,
     output: Annotated[Path, typer.Option(help="Output directory.")] = Path("outputs/demo"),
     model: Annotated[
@@ -131,7 +132,8 @@ def demo(
         Path | None,
         typer.Option(
             help="Preset of training keys, algorithm included, for the automatic rewards "
-            "(default: configs/presets/small-budget-nft.toml, DiffusionNFT; "
+            "(default: configs/presets/alignment-nft.toml for prompt_fidelity, "
+            "small-budget-nft.toml for JPEG, both DiffusionNFT; "
             "configs/presets/small-budget-lora.toml: PPO)."
         ),
     ] = None,
@@ -139,7 +141,13 @@ def demo(
 ) -> None:
     """Fine-tune the built-in tiny model with DDPO through a local reward server (CPU, minutes)."""
     _setup_logging(log_level)
-    from ddpo.demo import AUTOMATIC_PRESET, BUILTIN_MODEL, run_demo
+    from diffusers.utils.logging import disable_progress_bar
+    from transformers.utils.logging import disable_progress_bar as quiet_transformers
+
+    from ddpo.demo import BUILTIN_MODEL, run_demo
+
+    disable_progress_bar()  # the demo loads its pipelines often: one bar per load is noise
+    quiet_transformers()
     from trainer.config import ConfigError
 
     try:
@@ -151,7 +159,7 @@ def demo(
             console=console,
             overrides=set_,
             rating_deadline_s=rating_deadline,
-            recipe=recipe or AUTOMATIC_PRESET,
+            recipe=recipe,
         )
     except (ValueError, FileNotFoundError, ConfigError) as exc:
         console.print(f"[red]error:[/red] {exc}")
@@ -173,6 +181,17 @@ def demo(
                 f"  seen combinations ({before.images_seen} images): "
                 f"{before.classifier_seen:.3f} / {before.rule_seen:.3f} before -> "
                 f"{after.classifier_seen:.3f} / {after.rule_seen:.3f} after"
+            )
+        user_before, user_after = result.fidelity_user_before, result.fidelity_user_after
+        if user_before is not None and user_after is not None:
+            console.print(
+                "as a user samples it (diffusers StableDiffusionPipeline, DDIM eta 0, "
+                "guidance 7.5), classifier / rule-based judge:\n"
+                f"  held-out: {user_before.classifier_held_out:.3f} / "
+                f"{user_before.rule_held_out:.3f} before -> {user_after.classifier_held_out:.3f}"
+                f" / {user_after.rule_held_out:.3f} after; seen: "
+                f"{user_before.classifier_seen:.3f} / {user_before.rule_seen:.3f} before -> "
+                f"{user_after.classifier_seen:.3f} / {user_after.rule_seen:.3f} after"
             )
     else:
         console.print(

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 from ddpo.demo_fidelity import FidelityReport, eval_grid, fidelity_report, train_prompts
+from ddpo.demo_figures import before_after_png, reward_curve_png
+from ddpo.user_pipeline import user_images
 from shared.shapes import all_prompts, held_out_prompts
 from trainer.config import TrainConfig, apply_overrides, build_config
 from trainer.thread_guard import ThreadGuard
@@ -49,25 +51,23 @@ DEMO_STEPS = 10
 #: How the demo names each `train_algorithm` to a reader.
 METHOD_NAMES = {"ppo": "DDPO (PPO)", "nft": "DiffusionNFT", "awm": "AWM"}
 
-#: Shared by both recipes: the last of the 10 steps deterministic (see demo_config).
-_LAST_STEP_DETERMINISTIC = {
-    "sample_sde_window_size": DEMO_STEPS - 1,
-    "sample_sde_window_range": (0, DEMO_STEPS - 1),
-}
 #: The automatic rewards' recipe, shared with users as a preset (its batch layout is the
 #: demo's own below): DiffusionNFT, which gained more per sample than PPO on JPEG on both
 #: tiny models and on held-out prompt fidelity (docs/learning.md, 2026-12-05).
 AUTOMATIC_PRESET = REPO_ROOT / "configs" / "presets" / "small-budget-nft.toml"
-#: Chosen on scripted red and "big" raters, confirmed on blue, green, yellow (docs/rlhf.md):
-#: approx_kl 1e-7..3e-6 per epoch, where full fine-tuning at lr 6e-4 gave 200-880 and one blob.
+#: prompt_fidelity's recipe: the same layout at lr 3e-3 for its 120 epochs (lr 1e-2 fixed the
+#: held-out combinations within 60 and then broke the seen ones; docs/learning.md).
+ALIGNMENT_PRESET = REPO_ROOT / "configs" / "presets" / "alignment-nft.toml"
+#: DiffusionNFT on cross-attention K/V, chosen on a scripted blue rater (blue rating 2.09 ->
+#: 4.92 in 12 epochs, where the PPO recipe before it gave 2.09 -> 2.11 on this model) and
+#: confirmed on the other tastes (docs/rlhf.md).
 HUMAN_RECIPE: dict = {
-    **_LAST_STEP_DETERMINISTIC,
     "use_lora": True,
     "lora_target_modules": ["attn2.to_k", "attn2.to_v"],
-    "train_learning_rate": 3e-2,
-    "train_clip_range": 1e-3,
+    "train_algorithm": "nft",
+    "train_learning_rate": 1e-2,
     "sample_group_size": 4,
-    "train_kl_coef": 0.1,
+    "train_kl_coef": 0.0,
 }
 
 
@@ -88,6 +88,10 @@ class DemoResult:
     #: Both judges on the scored grid, seen and held-out combinations apart (not for human).
     fidelity_before: FidelityReport | None = None
     fidelity_after: FidelityReport | None = None
+    #: The same grid sampled as a user would (ddpo.user_pipeline: plain diffusers pipeline,
+    #: deterministic DDIM, guidance 7.5), so a gain is not our sampler's alone.
+    fidelity_user_before: FidelityReport | None = None
+    fidelity_user_after: FidelityReport | None = None
 
 
 def eval_prompts_and_seeds(reward: str) -> tuple[list[str], list[int]]:
@@ -116,21 +120,17 @@ def demo_config(
     server_url: str,
     model: Path,
     rating_deadline_s: float = 600.0,
-    recipe: Path = AUTOMATIC_PRESET,
+    recipe: Path | None = None,
 ) -> TrainConfig:
     """The demo's recipe, chosen by measurement on 2 CPU cores (docs/learning.md).
 
-    Automatic rewards: DiffusionNFT with LoRA on attention, group-relative advantages
-    (4 samples per prompt), deterministic DDIM sampling at guidance 3, every step
-    re-noised and trained (configs/presets/small-budget-nft.toml). With
-    `--recipe configs/presets/small-budget-lora.toml`, PPO: DDPO's ratio clip scaled to
-    this short chain (1e-3), a KL anchor, and the last denoising step deterministic (its
-    sigma of 0.01 carried 1000x the log-ratio of any other step and sent every prompt to
-    one mottled texture: fidelity 0.65 -> 0.00).
-
-    `recipe`: a preset of training keys (algorithm included) for the automatic rewards.
-    `prompt_fidelity` trains on the held-out combinations and their seen neighbours
-    (demo_fidelity.train_prompts); the JPEG rewards on all 36 prompts.
+    Automatic rewards: `recipe`, else `default_recipe(reward)`: DiffusionNFT with LoRA on
+    attention, group-relative advantages (4 samples per prompt), deterministic DDIM
+    sampling at guidance 3, every step re-noised and trained. With `--recipe
+    configs/presets/small-budget-lora.toml`, PPO with the last denoising step deterministic
+    (its sigma of 0.01 sent every prompt to one texture). `prompt_fidelity` trains on the
+    held-out combinations and their seen neighbours (demo_fidelity.train_prompts); the JPEG
+    rewards on all 36 prompts.
 
     Human ratings: an epoch waits up to `rating_deadline_s` for its 32 ratings,
     then trains on those that came (unrated samples are dropped, not failed).
@@ -141,6 +141,7 @@ def demo_config(
         recipe_keys = HUMAN_RECIPE
     else:
         endpoint = {"url": server_url, "scorer": reward, "weight": 1.0}
+        recipe = recipe or default_recipe(reward)
         recipe_keys = tomllib.loads(Path(recipe).read_text(encoding="utf-8"))
     if human:
         prompts = HUMAN_PROMPTS
@@ -237,77 +238,6 @@ def _score(server_url: str, scorer: str, images: np.ndarray, prompts: list[str])
         return client.submit(images, prompts).result(timeout=120).rewards
 
 
-def _before_after_png(
-    path: Path,
-    prompts: list[str],
-    before: np.ndarray,
-    after: np.ndarray,
-    sb: np.ndarray | None,
-    sa: np.ndarray | None,
-    name: str,
-    grid: tuple[np.ndarray | None, np.ndarray | None, int],
-    method: str = "DDPO",
-) -> None:
-    """Two rows of images, same prompts and seeds; scores under each when there are any.
-
-    `grid` holds the scores of the whole held-out grid and its size, for the title.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(before)
-    fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 4.2))
-    for i in range(n):
-        for row, (imgs, scores, label) in enumerate(((before, sb, "before"), (after, sa, "after"))):
-            ax = axes[row, i]
-            ax.imshow(imgs[i], interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if scores is not None:
-                ax.set_xlabel(f"{scores[i]:.2f}", fontsize=7)
-            if i == 0:
-                ax.set_ylabel(label, fontsize=9)
-        title = prompts[i].removeprefix("a ").replace(" on a ", "\non ")
-        axes[0, i].set_title(title, fontsize=6)
-    grid_before, grid_after, grid_size = grid
-    if grid_before is not None and grid_after is not None:
-        title = (
-            f"reward {name}, mean of {grid_size} held-out images: "
-            f"{grid_before.mean():.3f} before -> {grid_after.mean():.3f} after"
-        )
-    else:
-        title = f"reward {name}"
-    fig.suptitle(
-        f"{method} on the built-in tiny model, {title} (same prompts and seeds)", fontsize=9
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _reward_curve_png(path: Path, records: list[dict], name: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [r["epoch"] for r in records]
-    mean = np.array([r["reward_mean"] for r in records])
-    std = np.array([r["reward_std"] for r in records])
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(epochs, mean, marker="o", label="mean")
-    ax.fill_between(epochs, mean - std, mean + std, alpha=0.2, label="± std")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(f"reward ({name})")
-    ax.set_title("Reward of each epoch's samples")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def _invite_rater(server_url: str, data_dir: Path) -> str:
     """A fresh rater ("you", or "you-2" on a re-run) in the demo server's database."""
     from reward_server.invites import invite_rater
@@ -317,8 +247,16 @@ def _invite_rater(server_url: str, data_dir: Path) -> str:
 
 
 def default_epochs(reward: str) -> int:
-    """15 for the automatic rewards; 8 (256 ratings, minutes by keyboard) for a person."""
-    return 8 if reward == HUMAN else 15
+    """120 for prompt fidelity (about 4 minutes on 2 cores), 15 for JPEG; 8 for a person.
+
+    A person's 8 epochs are 256 ratings, minutes by keyboard.
+    """
+    return {HUMAN: 8, "prompt_fidelity": 120}.get(reward, 15)
+
+
+def default_recipe(reward: str) -> Path:
+    """The preset a demo reward trains with unless --recipe names another."""
+    return ALIGNMENT_PRESET if reward == "prompt_fidelity" else AUTOMATIC_PRESET
 
 
 def run_demo(
@@ -329,7 +267,7 @@ def run_demo(
     console=None,
     overrides: list[str] | None = None,
     rating_deadline_s: float = 600.0,
-    recipe: Path = AUTOMATIC_PRESET,
+    recipe: Path | None = None,
 ) -> DemoResult:
     """Run the demo; the reward server child is stopped however this exits."""
     from ddpo.server_process import RewardServerProcess
@@ -346,6 +284,7 @@ def run_demo(
         raise ValueError(f"unknown demo reward {reward!r}; choose from {', '.join(DEMO_REWARDS)}")
     human = reward == HUMAN
     epochs = epochs or default_epochs(reward)
+    recipe = recipe or default_recipe(reward)
 
     def config(url: str) -> TrainConfig:
         cfg = demo_config(reward, epochs, output_dir, url, model, rating_deadline_s, recipe)
@@ -387,10 +326,17 @@ def run_demo(
         train(cfg)
         after = eval_images(model, output_dir, prompts, seeds, window, sampler_cfg)
         score_after = None if human else _score(server.url, reward, after, prompts)
+    user = None
+    if reward == "prompt_fidelity":
+        say("judging both models as a user samples them (diffusers pipeline, DDIM) ...")
+        user = [
+            fidelity_report(user_images(model, t, prompts, seeds), prompts)
+            for t in (None, output_dir)
+        ]
 
     records = read_metrics(output_dir)
     shown = shown_subset(reward, prompts)
-    _before_after_png(
+    before_after_png(
         output_dir / "before_after.png",
         [prompts[i] for i in shown],
         before[shown],
@@ -401,7 +347,7 @@ def run_demo(
         (score_before, score_after, len(prompts)),
         METHOD_NAMES[cfg.train_algorithm],
     )
-    _reward_curve_png(output_dir / "reward_curve.png", records, reward)
+    reward_curve_png(output_dir / "reward_curve.png", records, reward)
     result = DemoResult(
         output_dir=output_dir,
         reward_before=None if score_before is None else float(score_before.mean()),
@@ -414,6 +360,8 @@ def run_demo(
         num_eval_images=len(prompts),
         fidelity_before=None if human else fidelity_report(before, prompts),
         fidelity_after=None if human else fidelity_report(after, prompts),
+        fidelity_user_before=None if user is None else user[0],
+        fidelity_user_after=None if user is None else user[1],
     )
 
     def plain(value: object) -> object:

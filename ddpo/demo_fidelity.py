@@ -1,7 +1,8 @@
 """The prompt-fidelity demo's prompts and its two judges, seen and held-out combinations apart.
 
-The built-in model never saw the triples of `shared.shapes.HELD_OUT` in training and draws
-them partly wrong, as SD draws unusual compositions (DDPO's prompt-alignment experiment).
+The built-in model never saw the shape-and-colour pairs of `shared.shapes.HELD_OUT_PAIRS`
+together in training and draws them partly wrong, as SD draws unusual compositions (DDPO's
+prompt-alignment experiment).
 The demo trains on those prompts beside seen neighbours and reports fidelity on each group
 separately, by the reward's classifier and by a rule-based judge that learns nothing.
 """
@@ -21,17 +22,18 @@ HELD_OUT_EVAL_SEEDS = [101, 202, 303, 404, 505, 606]
 
 
 def train_prompts() -> list[str]:
-    """Each held-out prompt, then its seen neighbour (same shape and colour, next background).
+    """Each held-out prompt, then its seen neighbour (same colour and background, next shape).
 
     The neighbours keep the seen drawings in the batch, so a change that breaks them costs
-    reward, and they contrast with the held-out prompt in one word only.
+    reward, and they contrast with the held-out prompt in the shape word only: "a blue
+    circle" against "a blue square" is the binding the base model never learnt.
     """
     held = shapes.held_out_prompts()
     neighbours = []
     for shape, colour, background in shapes.HELD_OUT:
-        i = shapes.BACKGROUNDS.index(background)
-        for step in range(1, len(shapes.BACKGROUNDS)):
-            other = (shape, colour, shapes.BACKGROUNDS[(i + step) % len(shapes.BACKGROUNDS)])
+        i = shapes.SHAPES.index(shape)
+        for step in range(1, len(shapes.SHAPES)):
+            other = (shapes.SHAPES[(i + step) % len(shapes.SHAPES)], colour, background)
             if other not in shapes.HELD_OUT:
                 neighbours.append(shapes.prompt_for(*other))
                 break

@@ -25,18 +25,20 @@ RGB: dict[str, tuple[int, int, int]] = {
     "gray": (128, 128, 128),
 }
 
-#: Combinations the built-in model never sees in training (`tools/train_tiny_sd.py
-#: --hold-out`), so that drawing one is composing known parts, as DDPO's prompt-alignment
-#: experiment asks of SD. No two share a pair of attributes, so each pair in a held-out triple
-#: (shape and colour, shape and background, colour and background) is seen with every other
-#: value of the third attribute; each shape and background is held out twice.
-HELD_OUT: tuple[tuple[str, str, str], ...] = (
-    ("circle", "blue", "white"),
-    ("circle", "yellow", "gray"),
-    ("square", "red", "black"),
-    ("square", "green", "white"),
-    ("triangle", "yellow", "black"),
-    ("triangle", "blue", "gray"),
+#: Shape-and-colour pairs the built-in model never sees together in training
+#: (`tools/train_tiny_sd.py --hold-out`): "a blue circle" on any background is an unusual
+#: composition, as DDPO's prompt-alignment experiment asks of SD. Each shape is held out with
+#: one colour and each of those colours with one shape, so every word is seen, and seen with
+#: every other word of the other attributes (green keeps all three shapes).
+HELD_OUT_PAIRS: tuple[tuple[str, str], ...] = (
+    ("circle", "blue"),
+    ("square", "yellow"),
+    ("triangle", "red"),
+)
+
+#: The triples of HELD_OUT_PAIRS on every background: what the UNet never sees.
+HELD_OUT: tuple[tuple[str, str, str], ...] = tuple(
+    (shape, colour, background) for shape, colour in HELD_OUT_PAIRS for background in BACKGROUNDS
 )
 
 _SUPERSAMPLE = 4

@@ -37,15 +37,19 @@ def gone(pid: int, timeout_s: float = 10.0) -> bool:
     return False
 
 
-def test_short_demo_writes_files_and_keeps_the_images_right(tmp_path):
-    """The default demo (prompt fidelity) on the held-out grid of all 36 prompts.
+def test_short_demo_fixes_held_out_combinations_and_keeps_the_seen_ones(tmp_path):
+    """The default demo (prompt fidelity, DiffusionNFT), shortened to a third of its epochs.
 
-    The recipe it replaced sent every prompt to one texture within epochs
-    (fidelity 0.65 -> 0.00); the shipped one must keep what the base model draws.
+    The base model never saw blue circles, yellow squares or red triangles; on held-out
+    seeds it draws 30 of their 54 images right (classifier). The recipe that preceded this
+    sent every prompt to one texture within epochs (fidelity 0.65 -> 0.00); the shipped one
+    must fix held-out images, keep the seen ones, and hold as a user samples the LoRA.
+    Measured 2026-12-05 at 40 epochs: held-out 0.556 -> 0.648 (user pipeline 0.667 ->
+    0.759), seen 0.926 -> 1.000 (docs/tiny-model.md).
     """
     out = tmp_path / "demo"
     proc = subprocess.run(
-        demo_cmd("--epochs", "4", "--output", str(out)),
+        demo_cmd("--epochs", "40", "--output", str(out)),
         capture_output=True,
         text=True,
         env=ENV,
@@ -56,8 +60,14 @@ def test_short_demo_writes_files_and_keeps_the_images_right(tmp_path):
         assert (out / name).stat().st_size > 0, name
     assert (out / "lora" / "pytorch_lora_weights.safetensors").is_file()
     summary = json.loads((out / "demo_summary.json").read_text())
-    assert summary["reward_before"] > 0.5, summary  # the base model draws most prompts right
-    assert summary["reward_after"] > 0.85 * summary["reward_before"], summary
+    before, after = summary["fidelity_before"], summary["fidelity_after"]
+    assert before["classifier_seen"] >= 0.9, before  # the base model draws seen prompts right
+    assert before["classifier_held_out"] <= 0.7, before  # and gets the unusual ones wrong
+    # At least 3 of the 54 held-out images fixed, at most 3 seen ones lost.
+    assert after["classifier_held_out"] >= before["classifier_held_out"] + 3 / 54, summary
+    assert after["classifier_seen"] >= before["classifier_seen"] - 3 / 54, summary
+    user_before, user_after = summary["fidelity_user_before"], summary["fidelity_user_after"]
+    assert user_after["classifier_held_out"] > user_before["classifier_held_out"], summary
     assert gone(server_pid(proc.stderr + proc.stdout))
 
 

@@ -23,14 +23,14 @@ from PIL import Image
 from ddpo.demo import BUILTIN_MODEL, HUMAN_PROMPTS, eval_images
 from reward_server.scorers.prompt_fidelity import build as build_fidelity
 from reward_server.scripted_rater import ScriptedRater, preference_score
+from shared.shapes import SHAPES
 
 pytestmark = pytest.mark.slow
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 INVITE = re.compile(r"(http://\S+/rate/login\?token=[\w\-]+)")
 HELD_OUT_SEEDS = list(range(5000, 5016))
-#: A colour the base model rarely draws for these prompts: the built-in model (frozen encoder)
-#: draws 37 of 64 held-out samples red, so a red taste had little room; blue 5 of 64.
+#: A colour the base model seldom draws for these prompts: 10 of the 64 held-out samples.
 TASTE = "blue"
 
 
@@ -62,23 +62,26 @@ def run_human_demo(out: Path, *args: str, rater: str | None) -> tuple[str, Scrip
     return text, scripted
 
 
-def judge_held_out(trained: Path | None) -> tuple[float, float]:
-    """(mean score the rater would give, share judged TASTE by the colour classifier)."""
+def judge_held_out(trained: Path | None) -> tuple[float, float, float]:
+    """(mean score the rater would give, share judged TASTE, share of the prompt's shape)."""
     prompts = [p for p in HUMAN_PROMPTS for _ in HELD_OUT_SEEDS]
     seeds = [s for _ in HUMAN_PROMPTS for s in HELD_OUT_SEEDS]
     images = [Image.fromarray(a) for a in eval_images(BUILTIN_MODEL, trained, prompts, seeds)]
     score = np.mean([preference_score(im, TASTE) for im in images])
     fidelity = build_fidelity(None)
-    colours = fidelity.predict(images)[1].argmax(-1)
-    share = np.mean([fidelity.labels[1][int(c)] == TASTE for c in colours])
-    return float(score), float(share)
+    heads = fidelity.predict(images)
+    share = np.mean([fidelity.labels[1][int(c)] == TASTE for c in heads[1].argmax(-1)])
+    wanted = [next(s for s in SHAPES if s in p) for p in prompts]
+    predicted = [fidelity.labels[0][int(c)] for c in heads[0].argmax(-1)]
+    shape = np.mean([p == w for p, w in zip(predicted, wanted, strict=True)])
+    return float(score), float(share), float(shape)
 
 
 def test_a_rater_who_likes_blue_makes_the_model_draw_blue(tmp_path: Path) -> None:
-    """The held-out rating rises while PPO stays in its trust region and prompts stay apart.
+    """The held-out rating rises while each prompt keeps its shape.
 
-    The recipe this replaced raised the rating by turning every prompt into one red blob,
-    with approx_kl 200-880 per epoch.
+    An earlier recipe raised the rating by turning every prompt into one red blob. Measured
+    2026-12-05 (DiffusionNFT): blue rating 2.09 -> 4.92, blue share 0.16 -> 0.50.
     """
     out = tmp_path / "demo"
     text, rater = run_human_demo(out, "--epochs", "12", "--rating-deadline", "120", rater=TASTE)
@@ -86,16 +89,16 @@ def test_a_rater_who_likes_blue_makes_the_model_draw_blue(tmp_path: Path) -> Non
     assert len(records) == 12
     assert sum(r["num_dropped"] for r in records) == 0, records
     assert rater is not None and rater.rated == sum(r["num_rated"] for r in records) == 12 * 32
-    assert max(r["approx_kl"] for r in records) < 1e-3, [r["approx_kl"] for r in records]
 
-    score_before, share_before = judge_held_out(None)
-    score_after, share_after = judge_held_out(out)
+    score_before, share_before, shape_before = judge_held_out(None)
+    score_after, share_after, shape_after = judge_held_out(out)
     print(
         f"held-out rating {score_before:.2f} -> {score_after:.2f}, {TASTE} {share_before:.2f} -> "
-        f"{share_after:.2f}"
+        f"{share_after:.2f}, shape {shape_before:.2f} -> {shape_after:.2f}"
     )
-    assert score_after > score_before + 0.8, (score_before, score_after)
-    assert share_after > share_before, (share_before, share_after)
+    assert score_after > score_before + 1.5, (score_before, score_after)
+    assert share_after > share_before + 0.15, (share_before, share_after)
+    assert shape_after >= shape_before - 3 / 64, (shape_before, shape_after)
     assert (out / "ratings" / "ratings.db").is_file()
     assert "ratings used" in text
 

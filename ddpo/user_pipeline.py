@@ -1,0 +1,80 @@
+"""Sample a trained run the way a user would: the plain diffusers pipeline, not our sampler.
+
+The demo judges its model with the trainer's own sampler, at the run's guidance. A gain
+that holds only there could be an artefact of that sampler; a user loads the LoRA (or the
+full UNet) into `StableDiffusionPipeline` and samples with deterministic DDIM at a guidance
+scale of their choosing. This module does exactly that, so the report can show both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import BaseModel
+
+#: diffusers' own default guidance for Stable Diffusion: what a user picks without thinking.
+USER_GUIDANCE_SCALE = 7.5
+#: The model card's sampling steps for the tiny models (docs/tiny-model.md).
+USER_NUM_STEPS = 20
+
+
+class UserSampling(BaseModel):
+    """How the user-side images were made (recorded beside their fidelity)."""
+
+    pipeline: str = "StableDiffusionPipeline"
+    scheduler: str = "DDIMScheduler"
+    eta: float = 0.0
+    num_inference_steps: int = USER_NUM_STEPS
+    guidance_scale: float = USER_GUIDANCE_SCALE
+
+
+def load_user_pipeline(model: Path, trained: Path | None):
+    """`StableDiffusionPipeline.from_pretrained(model)` with a run's weights, on the CPU.
+
+    `trained` is a run's output directory: its lora/ is loaded with `load_lora_weights`,
+    else its unet/ replaces the UNet (full fine-tuning), as a user would do either.
+    """
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(model), dtype=torch.float32)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    if trained is not None and (trained / "lora").is_dir():
+        pipe.load_lora_weights(str(trained / "lora"))
+    elif trained is not None and (trained / "unet").is_dir():
+        pipe.unet = UNet2DConditionModel.from_pretrained(str(trained / "unet"))
+    elif trained is not None:
+        raise FileNotFoundError(f"no lora/ or unet/ under {trained}")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@torch.no_grad()
+def user_images(
+    model: Path,
+    trained: Path | None,
+    prompts: list[str],
+    seeds: list[int],
+    sampling: UserSampling | None = None,
+    batch_size: int = 36,
+) -> np.ndarray:
+    """One image per (prompt, seed), uint8 HWC, from the plain pipeline (seeded per image)."""
+    sampling = sampling or UserSampling()
+    pipe = load_user_pipeline(model, trained)
+    size = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+    out = []
+    for lo in range(0, len(prompts), batch_size):
+        batch = slice(lo, lo + batch_size)
+        images = pipe(
+            prompts[batch],
+            height=size,
+            width=size,
+            num_inference_steps=sampling.num_inference_steps,
+            guidance_scale=sampling.guidance_scale,
+            eta=sampling.eta,
+            generator=[torch.Generator().manual_seed(s) for s in seeds[batch]],
+            output_type="np",
+        ).images
+        out.append(np.clip(np.rint(images * 255), 0, 255).astype(np.uint8))
+    return np.concatenate(out)
