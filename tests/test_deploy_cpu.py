@@ -97,13 +97,17 @@ def test_cpu_trainer_trains_the_builtin_model_against_the_server() -> None:
 
 
 def test_cpu_config_is_the_demo_recipe() -> None:
-    """configs/tiny-cpu.toml trains as `ddpo demo` does (prompt_fidelity, 15 epochs)."""
-    from ddpo.demo import demo_config
+    """configs/tiny-cpu.toml trains as `ddpo demo` does (prompt_fidelity, its epochs)."""
+    from ddpo.demo import default_epochs, demo_config
     from trainer.config import load_config
 
     shipped = load_config(ROOT / "configs" / "tiny-cpu.toml", [])
     demo = demo_config(
-        "prompt_fidelity", 15, shipped.output_dir, shipped.rewards[0].url, Path("/x")
+        "prompt_fidelity",
+        default_epochs("prompt_fidelity"),
+        shipped.output_dir,
+        shipped.rewards[0].url,
+        Path("/x"),
     )
     skip = {"pretrained_model", "output_dir", "rewards"}
     ours, theirs = shipped.model_dump(exclude=skip), demo.model_dump(exclude=skip)
