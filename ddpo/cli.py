@@ -145,10 +145,11 @@ def demo(
     from transformers.utils.logging import disable_progress_bar as quiet_transformers
 
     from ddpo.demo import BUILTIN_MODEL, run_demo
+    from ddpo.user_pipeline import UserSampling
+    from trainer.config import ConfigError
 
     disable_progress_bar()  # the demo loads its pipelines often: one bar per load is noise
     quiet_transformers()
-    from trainer.config import ConfigError
 
     try:
         result = run_demo(
@@ -185,8 +186,8 @@ def demo(
         user_before, user_after = result.fidelity_user_before, result.fidelity_user_after
         if user_before is not None and user_after is not None:
             console.print(
-                "as a user samples it (diffusers StableDiffusionPipeline, DDIM eta 0, "
-                "guidance 7.5), classifier / rule-based judge:\n"
+                f"as a user samples it ({UserSampling().describe()}), "
+                "classifier / rule-based judge:\n"
                 f"  held-out: {user_before.classifier_held_out:.3f} / "
                 f"{user_before.rule_held_out:.3f} before -> {user_after.classifier_held_out:.3f}"
                 f" / {user_after.rule_held_out:.3f} after; seen: "

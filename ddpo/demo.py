@@ -284,7 +284,6 @@ def run_demo(
         raise ValueError(f"unknown demo reward {reward!r}; choose from {', '.join(DEMO_REWARDS)}")
     human = reward == HUMAN
     epochs = epochs or default_epochs(reward)
-    recipe = recipe or default_recipe(reward)
 
     def config(url: str) -> TrainConfig:
         cfg = demo_config(reward, epochs, output_dir, url, model, rating_deadline_s, recipe)

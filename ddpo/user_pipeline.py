@@ -21,13 +21,18 @@ USER_NUM_STEPS = 20
 
 
 class UserSampling(BaseModel):
-    """How the user-side images were made (recorded beside their fidelity)."""
+    """How the user-side images are sampled (StableDiffusionPipeline with DDIMScheduler)."""
 
-    pipeline: str = "StableDiffusionPipeline"
-    scheduler: str = "DDIMScheduler"
     eta: float = 0.0
     num_inference_steps: int = USER_NUM_STEPS
     guidance_scale: float = USER_GUIDANCE_SCALE
+
+    def describe(self) -> str:
+        """For reports: what a reader needs to sample the same way."""
+        return (
+            f"diffusers StableDiffusionPipeline, DDIM eta {self.eta:g}, "
+            f"{self.num_inference_steps} steps, guidance {self.guidance_scale:g}"
+        )
 
 
 def load_user_pipeline(model: Path, trained: Path | None):

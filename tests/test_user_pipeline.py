@@ -40,6 +40,7 @@ def test_each_image_follows_its_own_seed_whatever_the_batch() -> None:
     together = user_images(MODEL, None, prompts, seeds, FAST, batch_size=4)
     apart = user_images(MODEL, None, prompts[2:], seeds[2:], FAST, batch_size=1)
     assert together.shape == (4, 64, 64, 3) and together.dtype == np.uint8
+    assert FAST.describe().endswith("DDIM eta 0, 4 steps, guidance 5")
     # Batching changes float rounding only: a few pixels may move by one count, no more.
     drift = np.abs(together[2:].astype(int) - apart.astype(int))
     assert drift.max() <= 2 and drift.mean() < 0.01
