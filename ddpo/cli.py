@@ -116,7 +116,11 @@ def demo(
     ] = None,
     output: Annotated[Path, typer.Option(help="Output directory.")] = Path("outputs/demo"),
     model: Annotated[
-        Path | None, typer.Option(help="Pipeline directory (default: built-in tiny model).")
+        str | None,
+        typer.Option(
+            help="A built-in tiny model, sd (default; SD 1.x-shaped) or flow (FLUX.1-shaped), "
+            "or a pipeline directory."
+        ),
     ] = None,
     rating_deadline: Annotated[
         float,
@@ -144,19 +148,20 @@ def demo(
     from diffusers.utils.logging import disable_progress_bar
     from transformers.utils.logging import disable_progress_bar as quiet_transformers
 
-    from ddpo.demo import BUILTIN_MODEL, run_demo
+    from ddpo.demo import is_flow_model, resolve_model, run_demo
     from ddpo.user_pipeline import UserSampling
     from trainer.config import ConfigError
 
     disable_progress_bar()  # the demo loads its pipelines often: one bar per load is noise
     quiet_transformers()
 
+    model_dir = resolve_model(model)
     try:
         result = run_demo(
             reward,
             epochs,
             output,
-            model or BUILTIN_MODEL,
+            model_dir,
             console=console,
             overrides=set_,
             rating_deadline_s=rating_deadline,
@@ -186,7 +191,7 @@ def demo(
         user_before, user_after = result.fidelity_user_before, result.fidelity_user_after
         if user_before is not None and user_after is not None:
             console.print(
-                f"as a user samples it ({UserSampling().describe()}), "
+                f"as a user samples it ({UserSampling().describe(is_flow_model(model_dir))}), "
                 "classifier / rule-based judge:\n"
                 f"  held-out: {user_before.classifier_held_out:.3f} / "
                 f"{user_before.rule_held_out:.3f} before -> {user_after.classifier_held_out:.3f}"

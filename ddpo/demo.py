@@ -30,7 +30,13 @@ from trainer.thread_guard import ThreadGuard
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-BUILTIN_MODEL = REPO_ROOT / "models" / "tiny-sd"
+#: The built-in models by the name `ddpo demo --model` takes: a UNet (SD 1.x-shaped) model
+#: and a FLUX.1-shaped flow-matching one, made the same way (docs/tiny-model.md).
+BUILTIN_MODELS = {
+    "sd": REPO_ROOT / "models" / "tiny-sd",
+    "flow": REPO_ROOT / "models" / "tiny-flux",
+}
+BUILTIN_MODEL = BUILTIN_MODELS["sd"]
 DEMO_REWARDS = ("prompt_fidelity", "jpeg_incompressibility", "jpeg_compressibility", "human")
 HUMAN = "human"
 
@@ -94,6 +100,19 @@ class DemoResult:
     fidelity_user_after: FidelityReport | None = None
 
 
+def resolve_model(model: str | Path | None) -> Path:
+    """A built-in model's name ("sd", "flow") or a pipeline directory; None: the default."""
+    if model is None:
+        return BUILTIN_MODEL
+    return BUILTIN_MODELS.get(str(model), Path(model))
+
+
+def is_flow_model(model: Path) -> bool:
+    """Whether the pipeline's denoiser is a transformer trained by flow matching."""
+    index = Path(model) / "model_index.json"
+    return index.is_file() and "transformer" in json.loads(index.read_text(encoding="utf-8"))
+
+
 def eval_prompts_and_seeds(reward: str) -> tuple[list[str], list[int]]:
     """The scored grid on held-out seeds, prompt-major.
 
@@ -136,6 +155,7 @@ def demo_config(
     then trains on those that came (unrated samples are dropped, not failed).
     """
     human = reward == HUMAN
+    flow = is_flow_model(model)
     if human:
         endpoint = {"url": server_url, "scorer": HUMAN, "mode": "job", "missing": "drop"}
         recipe_keys = HUMAN_RECIPE
@@ -156,7 +176,8 @@ def demo_config(
         mixed_precision="no",
         resolution=64,
         sample_num_steps=DEMO_STEPS,
-        sample_guidance_scale=recipe_keys.get("sample_guidance_scale", 3.0),
+        # the tiny flow model has no guidance embedding and trains without CFG, as FLUX.1-schnell
+        sample_guidance_scale=1.0 if flow else recipe_keys.get("sample_guidance_scale", 3.0),
         sample_batch_size=8,
         sample_num_batches_per_epoch=4 if human else 2,
         train_batch_size=8,
@@ -187,16 +208,16 @@ def eval_images(
     guidance 3. `window`: PPO's stochastic steps, as the run sampled them (default: all),
     so the policy is scored as it was trained.
     """
-    from diffusers import UNet2DConditionModel
-
     from trainer.algorithms import build_algorithm
     from trainer.families import load_family
 
     family = load_family(str(model), None, torch.device("cpu"), torch.float32)
     if trained is not None and (trained / "lora").is_dir():
         family.pipeline.load_lora_weights(str(trained / "lora"))
-    elif trained is not None:
-        family.pipeline.unet = UNet2DConditionModel.from_pretrained(str(trained / "unet"))
+    elif trained is not None:  # full fine-tuning: the UNet's or transformer's own folder
+        name = family.denoiser_name
+        trained_denoiser = type(family.denoiser).from_pretrained(str(trained / name))
+        setattr(family.pipeline, name, trained_denoiser.requires_grad_(False))
     if cfg is None:
         cfg = TrainConfig(
             pretrained_model=str(model),
@@ -217,6 +238,14 @@ def eval_images(
         window=window,
     )
     return samples.images
+
+
+def trained_weights(run: Path) -> Path:
+    """A run's saved weights: its lora/, else the full UNet's or transformer's folder."""
+    for name in ("lora", "unet", "transformer"):
+        if (run / name).is_dir():
+            return run / name
+    raise FileNotFoundError(f"no lora/, unet/ or transformer/ under {run}")
 
 
 def eval_window(cfg: TrainConfig) -> range | None:
@@ -353,7 +382,7 @@ def run_demo(
         reward_after=None if score_after is None else float(score_after.mean()),
         first_epoch_reward=records[0]["reward_mean"],
         last_epoch_reward=records[-1]["reward_mean"],
-        weights=output_dir / ("lora" if cfg.use_lora else "unet"),
+        weights=trained_weights(output_dir),
         num_rated=sum(int(r.get("num_rated", 0)) for r in records),
         num_dropped=sum(int(r.get("num_dropped", 0)) for r in records),
         num_eval_images=len(prompts),

@@ -21,14 +21,17 @@ USER_NUM_STEPS = 20
 
 
 class UserSampling(BaseModel):
-    """How the user-side images are sampled (StableDiffusionPipeline with DDIMScheduler)."""
+    """How the user-side images are sampled (StableDiffusionPipeline with DDIMScheduler; a
+    flow model's own pipeline and Euler scheduler, where eta and guidance do not apply)."""
 
     eta: float = 0.0
     num_inference_steps: int = USER_NUM_STEPS
     guidance_scale: float = USER_GUIDANCE_SCALE
 
-    def describe(self) -> str:
+    def describe(self, flow: bool = False) -> str:
         """For reports: what a reader needs to sample the same way."""
+        if flow:
+            return f"diffusers FluxPipeline, Euler flow ODE, {self.num_inference_steps} steps"
         return (
             f"diffusers StableDiffusionPipeline, DDIM eta {self.eta:g}, "
             f"{self.num_inference_steps} steps, guidance {self.guidance_scale:g}"
@@ -36,21 +39,25 @@ class UserSampling(BaseModel):
 
 
 def load_user_pipeline(model: Path, trained: Path | None):
-    """`StableDiffusionPipeline.from_pretrained(model)` with a run's weights, on the CPU.
+    """`DiffusionPipeline.from_pretrained(model)` with a run's weights, on the CPU.
 
+    A UNet model samples with deterministic DDIM (`StableDiffusionPipeline` and kin); a
+    flow model keeps its own scheduler, the flow ODE's Euler steps, deterministic already.
     `trained` is a run's output directory: its lora/ is loaded with `load_lora_weights`,
-    else its unet/ replaces the UNet (full fine-tuning), as a user would do either.
+    else its unet/ or transformer/ replaces the denoiser (full fine-tuning), as a user would.
     """
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import DDIMScheduler, DiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(model), dtype=torch.float32)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe = DiffusionPipeline.from_pretrained(str(model), dtype=torch.float32)
+    name = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
+    if name == "unet":
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     if trained is not None and (trained / "lora").is_dir():
         pipe.load_lora_weights(str(trained / "lora"))
-    elif trained is not None and (trained / "unet").is_dir():
-        pipe.unet = UNet2DConditionModel.from_pretrained(str(trained / "unet"))
+    elif trained is not None and (trained / name).is_dir():
+        setattr(pipe, name, type(getattr(pipe, name)).from_pretrained(str(trained / name)))
     elif trained is not None:
-        raise FileNotFoundError(f"no lora/ or unet/ under {trained}")
+        raise FileNotFoundError(f"no lora/ or {name}/ under {trained}")
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -63,23 +70,28 @@ def user_images(
     seeds: list[int],
     sampling: UserSampling | None = None,
     batch_size: int = 36,
+    resolution: int = 64,
 ) -> np.ndarray:
     """One image per (prompt, seed), uint8 HWC, from the plain pipeline (seeded per image)."""
     sampling = sampling or UserSampling()
     pipe = load_user_pipeline(model, trained)
-    size = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+    if getattr(pipe, "unet", None) is not None:
+        extra = {"eta": sampling.eta, "guidance_scale": sampling.guidance_scale}
+    else:  # a flow model: its T5 length as the trainer encodes it, no eta, no CFG here
+        from trainer.families.flow_matching import t5_length
+
+        extra = {"max_sequence_length": t5_length(pipe.tokenizer_2)}
     out = []
     for lo in range(0, len(prompts), batch_size):
         batch = slice(lo, lo + batch_size)
         images = pipe(
             prompts[batch],
-            height=size,
-            width=size,
+            height=resolution,
+            width=resolution,
             num_inference_steps=sampling.num_inference_steps,
-            guidance_scale=sampling.guidance_scale,
-            eta=sampling.eta,
             generator=[torch.Generator().manual_seed(s) for s in seeds[batch]],
             output_type="np",
+            **extra,
         ).images
         out.append(np.clip(np.rint(images * 255), 0, 255).astype(np.uint8))
     return np.concatenate(out)

@@ -66,3 +66,23 @@ def test_full_fine_tuning_loads_the_unet_and_a_run_without_weights_is_an_error(t
     assert torch.allclose(loaded.unet.conv_out.bias, pipe.unet.conv_out.bias)
     with pytest.raises(FileNotFoundError, match="no lora/ or unet/"):
         load_user_pipeline(MODEL, tmp_path / "empty")
+
+
+def test_a_flow_model_samples_with_its_own_pipeline_and_loads_its_transformer(tmp_path) -> None:
+    """FLUX-shaped models keep their Euler flow scheduler; full fine-tuning saves transformer/."""
+    from trainer.random_flow_pipeline import build_random_flux
+
+    model = build_random_flux(tmp_path / "flux", guidance_embeds=False)
+    pipe = load_user_pipeline(model, None)
+    assert type(pipe.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler"
+    prompts, seeds = ["a red circle on a white background"] * 2, [1, 2]
+    base = user_images(model, None, prompts, seeds, FAST, resolution=32)
+    assert base.shape == (2, 32, 32, 3) and base.dtype == np.uint8
+    assert np.abs(base[0].astype(int) - base[1].astype(int)).mean() > 1  # seeds differ
+    run = tmp_path / "run"
+    with torch.no_grad():
+        pipe.transformer.proj_out.bias.add_(0.5)
+    pipe.transformer.save_pretrained(run / "transformer")
+    trained = user_images(model, run, prompts, seeds, FAST, resolution=32)
+    assert np.abs(base.astype(int) - trained.astype(int)).mean() > 1
+    assert FAST.describe(flow=True) == "diffusers FluxPipeline, Euler flow ODE, 4 steps"

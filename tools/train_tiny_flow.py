@@ -1,13 +1,15 @@
 """Train models/tiny-flux: a FLUX.1-shaped rectified-flow pipeline small enough for a CPU.
 
-It reuses models/tiny-sd's VAE, CLIP tokenizer and text encoder (trained there
-on the same shapes, frozen here: its pooled output is the FLUX pooled embedding).
-It trains a new FluxTransformer2DModel jointly with a tiny T5 (character tokens)
-on the flow-matching loss ||v - (eps - x0)||^2 over cached latents of
-shared/shapes.py drawings. guidance_embeds is off, as in FLUX.1-schnell: one pass
-per step and no CFG.
+It reuses models/tiny-sd's VAE, CLIP tokenizer and text encoder (frozen: its pooled
+output is the FLUX pooled embedding). It trains a new FluxTransformer2DModel, with a
+tiny T5 (character tokens) trained jointly or, with `--freeze-t5`, left at its random
+initialisation as FLUX keeps its T5 frozen, on the flow-matching loss
+||v - (eps - x0)||^2 over cached latents of shared/shapes.py drawings; `--hold-out`
+leaves out the triples of shared.shapes.HELD_OUT, as for models/tiny-sd.
+guidance_embeds is off, as in FLUX.1-schnell: one pass per step and no CFG.
 
-    OMP_WAIT_POLICY=PASSIVE nice -n 10 python tools/train_tiny_flow.py --out models/tiny-flux --minutes 20
+    OMP_WAIT_POLICY=PASSIVE nice -n 10 python tools/train_tiny_flow.py --out models/tiny-flux \
+        --minutes 40 --freeze-t5 --hold-out --save-every 300
 """  # noqa: E501
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def cached_latents(vae, per_prompt: int, seed: int) -> tuple[torch.Tensor, torch
 
 
 def main() -> None:
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
+    from diffusers import AutoencoderKL, FluxPipeline
     from transformers import CLIPTextModel, CLIPTokenizer
 
     ap = argparse.ArgumentParser()
@@ -69,6 +71,11 @@ def main() -> None:
     ap.add_argument("--per-prompt", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--freeze-t5", action="store_true", help="keep T5 at its random init")
+    ap.add_argument("--hold-out", action="store_true", help="leave shapes.HELD_OUT out")
+    ap.add_argument(
+        "--save-every", type=float, default=0.0, help="seconds between snapshots (0: none)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -84,6 +91,10 @@ def main() -> None:
     log(f"transformer {sum(p.numel() for p in transformer.parameters()) / 1e6:.2f}M params")
 
     latents, labels = cached_latents(vae, args.per_prompt, args.seed + 1)
+    if args.hold_out:
+        held = torch.tensor([shapes.all_triples().index(t) for t in shapes.HELD_OUT])
+        keep = ~torch.isin(labels, held)
+        latents, labels = latents[keep], labels[keep]
     log(f"{len(latents)} cached latents, std {latents.std():.3f}")
     prompts = shapes.all_prompts()
     clip_ids = clip_tok(
@@ -102,16 +113,21 @@ def main() -> None:
     ).input_ids
     with torch.no_grad():
         pooled_all = clip(clip_ids).pooler_output
+    parts = {"vae": vae, "text_encoder": clip, "tokenizer": clip_tok, "tokenizer_2": t5_tok}
     img_ids = FluxPipeline._prepare_latent_image_ids(1, 8, 8, "cpu", torch.float32)
     txt_ids = torch.zeros(text_len, 3)
 
-    params = list(transformer.parameters()) + list(t5.parameters())
+    params = list(transformer.parameters())
+    if args.freeze_t5:
+        t5.requires_grad_(False)
+    else:
+        params += list(t5.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(args.seed)
     seconds = args.minutes * 60
-    start, step, ema = time.time(), 0, None
+    start, step, ema, last_save = time.time(), 0, None, time.time()
     transformer.train()
-    t5.train()
+    t5.train(not args.freeze_t5)
     while time.time() - start < seconds:
         frac = (time.time() - start) / seconds
         warm = min(1.0, (step + 1) / 200)
@@ -146,19 +162,28 @@ def main() -> None:
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         if step % 100 == 0:
             log(f"step {step} loss {ema:.4f} {step / (time.time() - start):.2f} it/s")
+        if args.save_every and time.time() - last_save > args.save_every:
+            save(args.out / "snapshots" / f"step-{step}", transformer, t5, parts)
+            transformer.train()
+            last_save = time.time()
+    save(args.out, transformer, t5, parts)
+    log(f"saved {args.out} after {step} steps, loss {ema:.4f}")
+
+
+def save(out: Path, transformer, t5, parts: dict) -> None:
+    """The whole pipeline, so any snapshot loads and samples as the final model does."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
     transformer.eval()
     t5.eval()
+    parts["vae"].register_to_config(shift_factor=0.0)  # FluxPipeline adds it when decoding
     pipe = FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0),
-        vae=vae,
-        text_encoder=clip,
-        tokenizer=clip_tok,
         text_encoder_2=t5,
-        tokenizer_2=t5_tok,
         transformer=transformer,
+        **parts,
     )
-    pipe.save_pretrained(args.out, safe_serialization=True)
-    log(f"saved {args.out} after {step} steps, loss {ema:.4f}")
+    pipe.save_pretrained(out, safe_serialization=True)
 
 
 if __name__ == "__main__":
