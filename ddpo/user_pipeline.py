@@ -3,7 +3,8 @@
 The demo judges its model with the trainer's own sampler, at the run's guidance. A gain
 that holds only there could be an artefact of that sampler; a user loads the LoRA (or the
 full UNet) into `StableDiffusionPipeline` and samples with deterministic DDIM at a guidance
-scale of their choosing. This module does exactly that, so the report can show both.
+scale of their choosing, or loads a flow model's into `FluxPipeline` and its Euler ODE.
+This module does exactly that, so the report can show both.
 """
 
 from __future__ import annotations

@@ -73,6 +73,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--freeze-t5", action="store_true", help="keep T5 at its random init")
     ap.add_argument("--hold-out", action="store_true", help="leave shapes.HELD_OUT out")
+    ap.add_argument("--init", type=Path, default=None, help="continue from this pipeline")
     ap.add_argument(
         "--save-every", type=float, default=0.0, help="seconds between snapshots (0: none)"
     )
@@ -88,6 +89,11 @@ def main() -> None:
     t5 = _t5_encoder(len(t5_tok), 64)
     text_len = t5_length(t5_tok)
     transformer = build_transformer()
+    if args.init is not None:  # a warm restart: new warm-up and cosine from the saved weights
+        from diffusers import FluxTransformer2DModel
+
+        transformer = FluxTransformer2DModel.from_pretrained(args.init / "transformer")
+        t5.load_state_dict(type(t5).from_pretrained(args.init / "text_encoder_2").state_dict())
     log(f"transformer {sum(p.numel() for p in transformer.parameters()) / 1e6:.2f}M params")
 
     latents, labels = cached_latents(vae, args.per_prompt, args.seed + 1)
