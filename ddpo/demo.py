@@ -156,6 +156,8 @@ def demo_config(
     """
     human = reward == HUMAN
     flow = is_flow_model(model)
+    if human and flow:  # its recipe's LoRA targets the UNet's cross-attention (attn2)
+        raise ValueError("the human demo runs on UNet models only; drop --model flow")
     if human:
         endpoint = {"url": server_url, "scorer": HUMAN, "mode": "job", "missing": "drop"}
         recipe_keys = HUMAN_RECIPE

@@ -34,6 +34,8 @@ def test_a_flow_model_trains_without_guidance_and_a_unet_model_with_it(tmp_path)
     )
     assert flow_cfg.sample_guidance_scale == 1.0
     assert sd_cfg.sample_guidance_scale > 1.0
+    with pytest.raises(ValueError, match="UNet models only"):
+        demo_config("human", 2, tmp_path / "c", "http://127.0.0.1:1", flux)
 
 
 def test_full_fine_tuning_of_a_flow_model_is_evaluated_with_its_transformer(tmp_path) -> None:
