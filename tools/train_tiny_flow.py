@@ -88,8 +88,9 @@ def main() -> None:
     t5_tok.model_max_length = 48  # the longest prompt is 40 characters with </s>
     t5 = _t5_encoder(len(t5_tok), 64)
     text_len = t5_length(t5_tok)
-    transformer = build_transformer()
-    if args.init is not None:  # a warm restart: new warm-up and cosine from the saved weights
+    if args.init is None:
+        transformer = build_transformer()
+    else:  # a warm restart: new warm-up and cosine from the saved weights
         from diffusers import FluxTransformer2DModel
 
         transformer = FluxTransformer2DModel.from_pretrained(args.init / "transformer")
