@@ -32,6 +32,7 @@ import argparse
 import json
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,7 @@ def judge(images: np.ndarray, prompts: list[str], seeds: list[int], taste: str) 
     """The held-out figures of one image set (see the module docstring)."""
     from reward_server.scorers.prompt_fidelity import build
     from reward_server.scripted_rater import preference_score
+    from shared import rule_judge
 
     pil = [Image.fromarray(a) for a in images]
     fidelity = build(None)
@@ -90,6 +92,7 @@ def judge(images: np.ndarray, prompts: list[str], seeds: list[int], taste: str) 
     wanted = [shapes.index(p.split()[-1]) for p in prompts]
     shape_p = probs[0][np.arange(len(pil)), wanted].numpy()
     predicted = [tuple(int(h[i].argmax()) for h in probs) for i in range(len(pil))]
+    by_rule = [(rule_judge.judge(a)[0], w) for a, w in zip(images, wanted, strict=True)]
     pixels = images.astype(np.float32) / 255.0
     cross = [
         float(np.abs(pixels[i] - pixels[j]).mean())
@@ -103,6 +106,7 @@ def judge(images: np.ndarray, prompts: list[str], seeds: list[int], taste: str) 
         "shape_accuracy": float(
             np.mean([p[0] == w for p, w in zip(predicted, wanted, strict=True)])
         ),
+        "shape_accuracy_rule": float(np.mean([got == shapes[w] for got, w in by_rule])),
         "cross_prompt_pixel_distance": float(np.mean(cross)),
         "distinct_predicted_triples": len(set(predicted)),
         "predicted_colours": {c: sum(p[1] == k for p in predicted) for k, c in enumerate(colours)},
@@ -117,36 +121,66 @@ def per_epoch(records: list[dict[str, Any]]) -> dict[str, list[float | None]]:
     return {k: [r.get(k) for r in records] for k in keys}
 
 
+@dataclass(frozen=True)
+class Setup:
+    """What one table's runs share: the demo's recipe plus these, on one model."""
+
+    recipe: list[str]
+    epochs: int
+    prompt_weight: float
+    model: Path
+
+    def key(self) -> tuple:
+        return (self.recipe, self.epochs, self.prompt_weight, str(self.model))
+
+
 def run_taste(
-    taste: str, recipe: list[str], epochs: int, runs: Path, before: np.ndarray, reuse: bool
+    taste: str, setup: Setup, runs: Path, before: np.ndarray, reuse: bool
 ) -> dict[str, Any]:
-    from ddpo.demo import BUILTIN_MODEL, eval_images, run_demo
+    from ddpo.demo import eval_images, run_demo
     from trainer.run_log import read_metrics
 
     out = runs / taste
     cached = out / "taste_result.json"
     if reuse and cached.is_file():
         result = json.loads(cached.read_text())
-        if result["recipe"] == recipe and result["epochs"] == epochs:
+        old = Setup(
+            result["recipe"],
+            result["epochs"],
+            result.get("prompt_weight", 0.0),
+            Path(result.get("model", setup.model)),
+        )
+        if old.key() == setup.key():
             print(f"{taste}: reusing {cached}", flush=True)
             return result
     prompts, seeds = held_out()
     console = RaterConsole(taste)
     started = time.monotonic()
     try:
-        run_demo("human", epochs, out, console=console, overrides=recipe, rating_deadline_s=300)
+        run_demo(
+            "human",
+            setup.epochs,
+            out,
+            model=setup.model,
+            console=console,
+            overrides=setup.recipe,
+            rating_deadline_s=300,
+            prompt_weight=setup.prompt_weight,
+        )
     finally:
         rated = console.stop()
     wall = time.monotonic() - started
-    after = eval_images(BUILTIN_MODEL, out, prompts, seeds)
+    after = eval_images(setup.model, out, prompts, seeds)
     Image.fromarray(
         np.concatenate([np.concatenate(list(before), 1), np.concatenate(list(after), 1)])
     ).save(out / "held_out_before_after.png")
     result = {
         "taste": taste,
         "tuned_on": taste in TUNED_ON,
-        "recipe": recipe,
-        "epochs": epochs,
+        "recipe": setup.recipe,
+        "epochs": setup.epochs,
+        "prompt_weight": setup.prompt_weight,
+        "model": str(setup.model),
         "wall_s": round(wall, 1),
         "rated": rated,
         "before": judge(before, prompts, seeds, taste),
@@ -163,10 +197,11 @@ def _fmt(x: float | None, spec: str = ".3g") -> str:
 
 def table(results: list[dict[str, Any]]) -> str:
     head = (
-        "| taste | tuned on | rating | shape prob. | shape acc. | cross-prompt distance "
+        "| taste | tuned on | rating | shape prob. | shape acc. | shape acc. (rule) "
+        "| cross-prompt distance "
         "| distinct triples | approx_kl per epoch (max) | kl_to_reference (last) | wall s |"
     )
-    rows = [head, "|" + "---|" * 10]
+    rows = [head, "|" + "---|" * 11]
     for r in results:
         b, a, e = r["before"], r["after"], r["per_epoch"]
         kl = [x for x in e["approx_kl"] if x is not None]
@@ -176,6 +211,8 @@ def table(results: list[dict[str, Any]]) -> str:
             f"| {b['rating']:.2f} -> {a['rating']:.2f} "
             f"| {b['shape_probability']:.2f} -> {a['shape_probability']:.2f} "
             f"| {b['shape_accuracy']:.2f} -> {a['shape_accuracy']:.2f} "
+            f"| {_fmt(b.get('shape_accuracy_rule'), '.2f')} -> "
+            f"{_fmt(a.get('shape_accuracy_rule'), '.2f')} "
             f"| {b['cross_prompt_pixel_distance']:.3f} -> {a['cross_prompt_pixel_distance']:.3f} "
             f"| {b['distinct_predicted_triples']} -> {a['distinct_predicted_triples']} "
             f"| {_fmt(max(kl) if kl else None)} "
@@ -188,6 +225,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tastes", default=",".join(DEFAULT_TASTES), help="comma-separated")
     ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument(
+        "--prompt-weight", type=float, default=None, help="default: the demo's HUMAN_PROMPT_WEIGHT"
+    )
+    ap.add_argument("--model", default=None, help="a pipeline directory; default: the demo's")
     ap.add_argument("--set", dest="recipe", action="append", default=[], help="key=value")
     ap.add_argument("--runs", type=Path, default=REPO / "outputs" / "human_tastes")
     ap.add_argument("--out", default="human_tastes", help="results file name, no .json")
@@ -198,16 +239,16 @@ def main() -> None:
         print(table(json.loads(args.report.read_text())["tastes"]))
         return
 
-    from ddpo.demo import BUILTIN_MODEL, eval_images
+    from ddpo.demo import HUMAN_PROMPT_WEIGHT, eval_images, resolve_model
     from reward_server.scripted_rater import check_taste
+
+    weight = HUMAN_PROMPT_WEIGHT if args.prompt_weight is None else args.prompt_weight
+    setup = Setup(args.recipe, args.epochs, weight, resolve_model(args.model))
 
     tastes = [check_taste(t.strip()) for t in args.tastes.split(",") if t.strip()]
     prompts, seeds = held_out()
-    before = eval_images(BUILTIN_MODEL, None, prompts, seeds)
-    results = [
-        run_taste(t, args.recipe, args.epochs, args.runs / args.out, before, args.reuse)
-        for t in tastes
-    ]
+    before = eval_images(setup.model, None, prompts, seeds)
+    results = [run_taste(t, setup, args.runs / args.out, before, args.reuse) for t in tastes]
     path = write_result(
         args.out,
         {
@@ -215,6 +256,8 @@ def main() -> None:
             "command": "ddpo demo --reward human --epochs N --set ... (in-process run_demo)",
             "recipe": args.recipe,
             "epochs": args.epochs,
+            "prompt_weight": weight,
+            "model": str(setup.model),
             "tuned_on": list(TUNED_ON),
             "held_out": {"prompts": sorted(set(prompts)), "seeds": HELD_OUT_SEEDS},
             "machine": machine_info(),

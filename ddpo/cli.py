@@ -128,6 +128,15 @@ def demo(
             min=1, help="--reward human: seconds an epoch waits for ratings before going on."
         ),
     ] = 600.0,
+    prompt_weight: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help="--reward human: weight of prompt_fidelity beside your ratings (weight 1), "
+            "so the taste you teach does not cost the prompt's shape; 0 (default): your ratings "
+            "alone.",
+        ),
+    ] = None,
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="Override a training key, as for `ddpo train`."),
@@ -166,6 +175,7 @@ def demo(
             overrides=set_,
             rating_deadline_s=rating_deadline,
             recipe=recipe,
+            **({} if prompt_weight is None else {"prompt_weight": prompt_weight}),
         )
     except (ValueError, FileNotFoundError, ConfigError) as exc:
         console.print(f"[red]error:[/red] {exc}")

@@ -75,6 +75,10 @@ HUMAN_RECIPE: dict = {
     "sample_group_size": 4,
     "train_kl_coef": 0.0,
 }
+#: Weight of `prompt_fidelity` beside the rater (weight 1), so the taste does not cost the
+#: prompt's shape; 0: the rater alone. Each reward's advantages are normalised apart, then
+#: weighted (reward_aggregation = "advantages"): the two pull by these weights alone.
+HUMAN_PROMPT_WEIGHT = 0.0
 
 
 @dataclass
@@ -140,6 +144,7 @@ def demo_config(
     model: Path,
     rating_deadline_s: float = 600.0,
     recipe: Path | None = None,
+    prompt_weight: float = HUMAN_PROMPT_WEIGHT,
 ) -> TrainConfig:
     """The demo's recipe, chosen by measurement on 2 CPU cores (docs/learning.md).
 
@@ -159,10 +164,14 @@ def demo_config(
     if human and flow:  # its recipe's LoRA targets the UNet's cross-attention (attn2)
         raise ValueError("the human demo runs on UNet models only; drop --model flow")
     if human:
-        endpoint = {"url": server_url, "scorer": HUMAN, "mode": "job", "missing": "drop"}
+        endpoints = [{"url": server_url, "scorer": HUMAN, "mode": "job", "missing": "drop"}]
         recipe_keys = HUMAN_RECIPE
+        if prompt_weight > 0:
+            scorer = {"scorer": "prompt_fidelity", "weight": prompt_weight}
+            endpoints.append({"url": server_url, **scorer})
+            recipe_keys = {**recipe_keys, "reward_aggregation": "advantages"}
     else:
-        endpoint = {"url": server_url, "scorer": reward, "weight": 1.0}
+        endpoints = [{"url": server_url, "scorer": reward, "weight": 1.0}]
         recipe = recipe or default_recipe(reward)
         recipe_keys = tomllib.loads(Path(recipe).read_text(encoding="utf-8"))
     if human:
@@ -187,7 +196,7 @@ def demo_config(
         per_prompt_stat_tracking=False,
         save_freq=max(1, epochs),
         log_images_every=max(1, epochs // 5),
-        rewards=[endpoint],
+        rewards=endpoints,
         reward_epoch_deadline_s=rating_deadline_s if human else 600.0,
     )
     return TrainConfig(**{**recipe_keys, **demo})
@@ -299,6 +308,7 @@ def run_demo(
     overrides: list[str] | None = None,
     rating_deadline_s: float = 600.0,
     recipe: Path | None = None,
+    prompt_weight: float = HUMAN_PROMPT_WEIGHT,
 ) -> DemoResult:
     """Run the demo; the reward server child is stopped however this exits."""
     from ddpo.server_process import RewardServerProcess
@@ -317,7 +327,9 @@ def run_demo(
     epochs = epochs or default_epochs(reward)
 
     def config(url: str) -> TrainConfig:
-        cfg = demo_config(reward, epochs, output_dir, url, model, rating_deadline_s, recipe)
+        cfg = demo_config(
+            reward, epochs, output_dir, url, model, rating_deadline_s, recipe, prompt_weight
+        )
         if overrides:
             cfg = build_config(apply_overrides(cfg.model_dump(mode="json"), list(overrides)))
         return cfg
@@ -331,9 +343,10 @@ def run_demo(
     env = {"OMP_NUM_THREADS": "1"}
     if human:  # the rating queue lives with the run's outputs, one rating per image
         env |= {"DDPO_DATA_DIR": str(output_dir / "ratings"), "DDPO_RATINGS_PER_ITEM": "1"}
-    server = RewardServerProcess([reward], log_file=output_dir / "reward_server.log", extra_env=env)
+    scorers = list(dict.fromkeys(e.scorer for e in sampler_cfg.rewards))
+    server = RewardServerProcess(scorers, log_file=output_dir / "reward_server.log", extra_env=env)
     prompts, seeds = eval_prompts_and_seeds(reward)
-    say(f"starting the reward server ({reward}) ...")
+    say(f"starting the reward server ({', '.join(scorers)}) ...")
     with server:
         say(f"reward server ready at {server.url} (pid {server.proc.pid})")
         ThreadGuard()  # one thread from the start if another program is busy now
@@ -377,13 +390,15 @@ def run_demo(
         (score_before, score_after, len(prompts)),
         METHOD_NAMES[cfg.train_algorithm],
     )
-    reward_curve_png(output_dir / "reward_curve.png", records, reward)
+    # the rater's own curve when prompt_fidelity shares the run (human demo)
+    key = "reward_human" if human and "reward_human_mean" in records[0] else "reward"
+    reward_curve_png(output_dir / "reward_curve.png", records, reward, key)
     result = DemoResult(
         output_dir=output_dir,
         reward_before=None if score_before is None else float(score_before.mean()),
         reward_after=None if score_after is None else float(score_after.mean()),
-        first_epoch_reward=records[0]["reward_mean"],
-        last_epoch_reward=records[-1]["reward_mean"],
+        first_epoch_reward=records[0][f"{key}_mean"],
+        last_epoch_reward=records[-1][f"{key}_mean"],
         weights=trained_weights(output_dir),
         num_rated=sum(int(r.get("num_rated", 0)) for r in records),
         num_dropped=sum(int(r.get("num_dropped", 0)) for r in records),

@@ -57,16 +57,20 @@ def before_after_png(
     plt.close(fig)
 
 
-def reward_curve_png(path: Path, records: list[dict], name: str) -> None:
-    """Each epoch's mean and spread, and a running mean over a tenth of the run."""
+def reward_curve_png(path: Path, records: list[dict], name: str, key: str = "reward") -> None:
+    """Each epoch's mean and spread, and a running mean over a tenth of the run.
+
+    `key`: the metrics' prefix, "reward" (the combined reward) or one scorer's
+    ("reward_human" when the rater shares the run with another reward).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     epochs = [r["epoch"] for r in records]
-    mean = np.array([r["reward_mean"] for r in records])
-    std = np.array([r["reward_std"] for r in records])
+    mean = np.array([r[f"{key}_mean"] for r in records])
+    std = np.array([r[f"{key}_std"] for r in records])
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(epochs, mean, marker=".", alpha=0.6, label="mean")
     ax.fill_between(epochs, mean - std, mean + std, alpha=0.15, label="± std")

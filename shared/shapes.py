@@ -43,6 +43,11 @@ HELD_OUT: tuple[tuple[str, str, str], ...] = tuple(
 
 _SUPERSAMPLE = 4
 _PROMPT_RE = re.compile(r"^\s*an?\s+(\w+)\s+(\w+)\s+on\s+an?\s+(\w+)\s+background\s*\.?\s*$")
+#: A prompt that names the shape and maybe its colour and background: "circle", "a red
+#: circle", "a circle on a white background".
+_PARTIAL_RE = re.compile(
+    r"^\s*(?:an?\s+)?(?:(\w+)\s+)?(\w+)(?:\s+on\s+an?\s+(\w+)\s+background)?\s*\.?\s*$"
+)
 
 
 def _jitter(rgb: tuple[int, int, int], rng: np.random.Generator, amount: int) -> tuple[int, ...]:
@@ -88,6 +93,25 @@ def parse_prompt(prompt: str) -> tuple[str, str, str] | None:
         return None
     colour, shape, background = match.groups()
     if shape not in SHAPES or colour not in COLOURS or background not in BACKGROUNDS:
+        return None
+    return shape, colour, background
+
+
+def parse_named(prompt: str) -> tuple[str, str | None, str | None] | None:
+    """(shape, colour, background) as far as the prompt names them; None if it names no shape.
+
+    For prompts that leave colour or background open (the human demo's "a circle"): a
+    judge then checks only what was asked for.
+    """
+    match = _PARTIAL_RE.match(prompt.lower())
+    if match is None:
+        return None
+    colour, shape, background = match.groups()
+    if (
+        shape not in SHAPES
+        or (colour is not None and colour not in COLOURS)
+        or (background is not None and background not in BACKGROUNDS)
+    ):
         return None
     return shape, colour, background
 

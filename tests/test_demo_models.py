@@ -55,3 +55,16 @@ def test_full_fine_tuning_of_a_flow_model_is_evaluated_with_its_transformer(tmp_
     base = eval_images(Path(flux), None, prompts, seeds, None, cfg)
     trained = eval_images(Path(flux), run, prompts, seeds, None, cfg)
     assert np.abs(base.astype(int) - trained.astype(int)).mean() > 1
+
+
+def test_the_human_demo_can_keep_the_prompt_beside_the_rater(tmp_path) -> None:
+    """--prompt-weight adds prompt_fidelity as a second reward, each normalised apart."""
+    sd = BUILTIN_MODELS["sd"]
+    url = "http://127.0.0.1:1"
+    alone = demo_config("human", 2, tmp_path / "a", url, sd, prompt_weight=0.0)
+    assert [e.scorer for e in alone.rewards] == ["human"]
+    both = demo_config("human", 2, tmp_path / "b", url, sd, prompt_weight=0.5)
+    pairs = [(e.scorer, e.weight) for e in both.rewards]
+    assert pairs == [("human", 1.0), ("prompt_fidelity", 0.5)]
+    assert both.reward_aggregation == "advantages"
+    assert both.rewards[0].mode == "job" and both.rewards[1].mode != "job"

@@ -62,6 +62,37 @@ def test_matching_prompt_scores_higher(scorer: PromptFidelityScorer) -> None:
     }
 
 
+def test_shape_only_prompt_is_judged_on_what_it_names(scorer: PromptFidelityScorer) -> None:
+    """A circle prompt leaves colour and background open: only the shape head counts."""
+    rng = np.random.default_rng(8)
+    circle = Image.fromarray(shapes.draw("circle", "green", "white", rng))
+    square = Image.fromarray(shapes.draw("square", "green", "white", rng))
+    scores, details = scorer.score(
+        [circle, square, circle, circle],
+        ["a circle", "circle", "a green circle", "a circle on a black background"],
+    )
+    probs = scorer.predict([circle, square])
+    circle_p = float(probs[0][0, scorer.labels[0].index("circle")])
+    assert scores[0] == pytest.approx(circle_p) and scores[0] > 0.5
+    assert scores[1] < 0.5  # a square is not a circle, whatever its colour
+    green_p = float(probs[1][0, scorer.labels[1].index("green")])
+    assert scores[2] == pytest.approx(circle_p * green_p)
+    assert scores[3] < 0.5  # the background it names is wrong
+    assert details is not None
+    assert [d["match"] for d in details] == [True, False, True, False]
+    assert set(details[0]["probabilities"]) == {"shape"}
+
+
+def test_named_attributes_parse() -> None:
+    assert shapes.parse_named("circle") == ("circle", None, None)
+    assert shapes.parse_named("A red square.") == ("square", "red", None)
+    assert shapes.parse_named("a triangle on a gray background") == ("triangle", None, "gray")
+    for triple in shapes.all_triples():
+        assert shapes.parse_named(shapes.prompt_for(*triple)) == triple
+    for nonsense in ("a dog", "a big circle", "red", "a circle on a red sky"):
+        assert shapes.parse_named(nonsense) is None
+
+
 def test_unparseable_prompt_scores_zero(scorer: PromptFidelityScorer) -> None:
     img = Image.fromarray(shapes.draw("circle", "red", "white", np.random.default_rng(1)))
     scores, details = scorer.score([img, img], ["a photo of a cat", "a red circle on a red sky"])

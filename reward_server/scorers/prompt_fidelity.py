@@ -77,6 +77,9 @@ def to_tensor(images: list[Image.Image], size: int) -> torch.Tensor:
 class PromptFidelityScorer(Scorer):
     """Score = P(shape) * P(colour) * P(background) of the attributes the prompt names.
 
+    "a circle" is judged on its shape alone, so the scorer can keep a taste-driven run
+    (the human demo's shape-only prompts) true to the shape it was asked for.
+
     A product, not a mean, so an image is only rewarded near 1 when all three attributes
     are right; one wrong attribute pulls the score towards 0.
     """
@@ -105,20 +108,19 @@ class PromptFidelityScorer(Scorer):
         details: list[dict[str, Any]] = []
         for i, prompt in enumerate(prompts):
             predicted = {h: self.labels[k][int(probs[k][i].argmax())] for k, h in enumerate(HEADS)}
-            wanted = shapes.parse_prompt(prompt)
+            wanted = shapes.parse_named(prompt)
             if wanted is None:
                 scores.append(0.0)
                 details.append({"error": "prompt not understood", "predicted": predicted})
                 continue
-            per_head = {
-                h: float(probs[k][i, self.labels[k].index(wanted[k])]) for k, h in enumerate(HEADS)
-            }
+            named = [(k, h) for k, h in enumerate(HEADS) if wanted[k] is not None]
+            per_head = {h: float(probs[k][i, self.labels[k].index(wanted[k])]) for k, h in named}
             scores.append(float(np.prod(list(per_head.values()))))
             details.append(
                 {
                     "predicted": predicted,
                     "probabilities": per_head,
-                    "match": all(predicted[h] == wanted[k] for k, h in enumerate(HEADS)),
+                    "match": all(predicted[h] == wanted[k] for k, h in named),
                 }
             )
         return scores, details
