@@ -42,8 +42,8 @@ from PIL import Image
 
 #: Tastes measured by default, and the ones the demo's recipe was chosen on (the DiffusionNFT
 #: recipe of 2026-12-05 on blue; the PPO recipe before it on red and big).
-DEFAULT_TASTES = ("red", "blue", "green", "yellow", "big")
-TUNED_ON = ("blue",)
+DEFAULT_TASTES = ("red", "blue", "green", "yellow", "big", "dark")
+TUNED_ON = ("blue", "yellow")  # the recipe on blue; its prompt weight 1 first on yellow
 HELD_OUT_SEEDS = list(range(5000, 5012))
 INVITE = re.compile(r"(http://\S+/rate/login\?token=[\w\-]+)")
 
@@ -197,17 +197,18 @@ def _fmt(x: float | None, spec: str = ".3g") -> str:
 
 def table(results: list[dict[str, Any]]) -> str:
     head = (
-        "| taste | tuned on | rating | shape prob. | shape acc. | shape acc. (rule) "
-        "| cross-prompt distance "
+        "| taste | tuned on | prompt weight | rating | shape prob. | shape acc. "
+        "| shape acc. (rule) | cross-prompt distance "
         "| distinct triples | approx_kl per epoch (max) | kl_to_reference (last) | wall s |"
     )
-    rows = [head, "|" + "---|" * 11]
+    rows = [head, "|" + "---|" * 12]
     for r in results:
         b, a, e = r["before"], r["after"], r["per_epoch"]
         kl = [x for x in e["approx_kl"] if x is not None]
         ref = [x for x in e["kl_to_reference"] if x is not None]
         rows.append(
             f"| {r['taste']} | {'yes' if r['tuned_on'] else 'no'} "
+            f"| {_fmt(r.get('prompt_weight'), '.2g')} "
             f"| {b['rating']:.2f} -> {a['rating']:.2f} "
             f"| {b['shape_probability']:.2f} -> {a['shape_probability']:.2f} "
             f"| {b['shape_accuracy']:.2f} -> {a['shape_accuracy']:.2f} "
@@ -224,7 +225,7 @@ def table(results: list[dict[str, Any]]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tastes", default=",".join(DEFAULT_TASTES), help="comma-separated")
-    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=None, help="default: the demo's")
     ap.add_argument(
         "--prompt-weight", type=float, default=None, help="default: the demo's HUMAN_PROMPT_WEIGHT"
     )
@@ -239,11 +240,12 @@ def main() -> None:
         print(table(json.loads(args.report.read_text())["tastes"]))
         return
 
-    from ddpo.demo import HUMAN_PROMPT_WEIGHT, eval_images, resolve_model
+    from ddpo.demo import HUMAN, HUMAN_PROMPT_WEIGHT, default_epochs, eval_images, resolve_model
     from reward_server.scripted_rater import check_taste
 
     weight = HUMAN_PROMPT_WEIGHT if args.prompt_weight is None else args.prompt_weight
-    setup = Setup(args.recipe, args.epochs, weight, resolve_model(args.model))
+    epochs = args.epochs or default_epochs(HUMAN)
+    setup = Setup(args.recipe, epochs, weight, resolve_model(args.model))
 
     tastes = [check_taste(t.strip()) for t in args.tastes.split(",") if t.strip()]
     prompts, seeds = held_out()
@@ -255,7 +257,7 @@ def main() -> None:
             "benchmark": "human_tastes",
             "command": "ddpo demo --reward human --epochs N --set ... (in-process run_demo)",
             "recipe": args.recipe,
-            "epochs": args.epochs,
+            "epochs": epochs,
             "prompt_weight": weight,
             "model": str(setup.model),
             "tuned_on": list(TUNED_ON),

@@ -112,7 +112,7 @@ def demo(
     ] = "prompt_fidelity",
     epochs: Annotated[
         int | None,
-        typer.Option(min=1, help="Epochs; default 120 for prompt_fidelity, 15 JPEG, 8 human."),
+        typer.Option(min=1, help="Epochs; default 120 for prompt_fidelity, 15 JPEG, 12 human."),
     ] = None,
     output: Annotated[Path, typer.Option(help="Output directory.")] = Path("outputs/demo"),
     model: Annotated[
@@ -133,8 +133,8 @@ def demo(
         typer.Option(
             min=0,
             help="--reward human: weight of prompt_fidelity beside your ratings (weight 1), "
-            "so the taste you teach does not cost the prompt's shape; 0 (default): your ratings "
-            "alone.",
+            "so the taste you teach does not cost the prompt's shape (default 1); 0: your "
+            "ratings alone.",
         ),
     ] = None,
     set_: Annotated[

@@ -68,3 +68,5 @@ def test_the_human_demo_can_keep_the_prompt_beside_the_rater(tmp_path) -> None:
     assert pairs == [("human", 1.0), ("prompt_fidelity", 0.5)]
     assert both.reward_aggregation == "advantages"
     assert both.rewards[0].mode == "job" and both.rewards[1].mode != "job"
+    default = demo_config("human", 2, tmp_path / "c", url, sd)
+    assert [e.scorer for e in default.rewards] == ["human", "prompt_fidelity"]
