@@ -1,12 +1,14 @@
 """Samples and wall time to a held-out JPEG gain: PPO (defaults, small-budget preset),
-DiffusionNFT and AWM (issue 22 item 6), side by side in one run.
+DiffusionNFT, AWM and trl 0.19.1's DDPOTrainer (issue 22 item 6), side by side in one run.
 
 Each method trains `ddpo train` on the same 3 prompts with the same budget layer
 (sample batch 6, --sample-num-steps DDIM steps, float32 on a CPU), saving its
 user-facing weights every --eval-every epochs. After each run every saved
 checkpoint is judged on the held-out set of benchmarks/jpeg_transfer.py (3 prompts
 x --eval-seeds fixed seeds, sampled with the run's own sampler: PPO's eta and
-guidance, NFT / AWM deterministic DDIM without guidance): gain = before - after, kB.
+guidance, NFT / AWM deterministic DDIM without guidance, trl its own): gain = before -
+after, kB. trl runs in benchmarks/.venv-trl (benchmarks/setup_trl_venv.sh) through
+benchmarks/trl_jpeg_train.py, which saves its LoRA every --eval-every epochs.
 The figures: the first checkpoint whose gain reaches --target kB, as samples trained
 and training wall time (sampling + rewards + updates, from metrics.jsonl; checkpoint
 writing and judging not counted); the curve of gains; the final gain.
@@ -30,14 +32,22 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, RESULTS_DIR, child_env, machine_info, stop_on_sigterm, versions
+from _common import (
+    REPO,
+    RESULTS_DIR,
+    child_env,
+    machine_info,
+    stop_on_sigterm,
+    trl_python,
+    trl_versions,
+    versions,
+)
 from jpeg_eval import Sampler, Weights, eval_seeds, jpeg_sizes_kb
-from jpeg_transfer import PROMPTS, SCORER, our_config, train_from_data
+from jpeg_transfer import PROMPTS, SCORER, our_config, run_trl, train_from_data, trl_args
 
 PRESET = REPO / "configs" / "presets" / "small-budget-lora.toml"
 #: The forward-process recipe: the preset's layout (groups of 4, 12 samples per epoch,
@@ -58,6 +68,10 @@ METHODS: dict[str, dict[str, Any]] = {
     "nft": {**FORWARD, "train_algorithm": "nft"},
     "awm": {**FORWARD, "train_algorithm": "awm"},
 }
+#: trl 0.19.1's DDPOTrainer (benchmarks/.venv-trl) at its own defaults, on the budget layer
+#: only (sample batch 6 x its 2 batches per epoch, the steps, float32 on a CPU); its train
+#: batch (1) is ours too, so it is PPO at the defaults in another implementation.
+TRL = "trl"
 
 
 def method_keys(name: str, base: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -82,21 +96,46 @@ def train_run(
     out = work / f"{name}-seed{seed}"
     cfg, data = our_config(keys, model_dir, out, url, seed, epochs)
     data.update(save_freq=every, num_checkpoint_limit=10_000)
-    t0 = time.perf_counter()
     rows = train_from_data(data, work / f"{name}-seed{seed}", out)
-    return {"cfg": cfg, "out": out, "rows": rows, "wall_s": time.perf_counter() - t0}
+    run = {"cfg": cfg, "out": out, "rows": [{**r, "time_s": r["time_total_s"]} for r in rows]}
+    given = json.loads(cfg.model_dump_json())
+    return {**run, "checkpoints": our_checkpoints(run), "keys": {k: given[k] for k in keys}}
 
 
-def judge(
-    run: dict, model_dir: Path, seeds: list[int], before: dict, target: float, per_epoch: int
-) -> dict[str, Any]:
-    """Held-out gain of every checkpoint; the first to reach `target`."""
+def trl_run(model_dir: Path, keys: dict, seed: int, epochs: int, every: int, work: Path) -> dict:
+    """trl 0.19.1's DDPOTrainer at its defaults on the budget layer, saving every `every`."""
+    out = work / f"{TRL}-seed{seed}"
+    extra = trl_args({k: v for k, v in keys.items() if k != "sample_batch_size"})
+    got = run_trl(
+        model_dir,
+        seed,
+        epochs,
+        keys["sample_batch_size"],
+        [*extra, "--save-every", str(every)],
+        work,
+    )
+    rows = got["epochs"]
+    points = [
+        (
+            e,
+            Weights(kind="lora", path=got["weights"].path / f"epoch_{e}", lora_scale=1.0),
+            sum(r["time_s"] for r in rows[:e]),
+        )
+        for e in range(every, epochs + 1, every)
+    ]
+    got["config"].pop("seed", None)
+    return {
+        "out": out,
+        "rows": rows,
+        "checkpoints": (got["sampler"], points),
+        "keys": got["config"],
+    }
+
+
+def our_checkpoints(run: dict) -> tuple[Sampler, list[tuple[int, Weights, float]]]:
+    """A `ddpo train` run's sampler and (epochs, weights, training seconds) per checkpoint."""
     cfg, rows = run["cfg"], run["rows"]
-    sampler = eval_sampler(cfg)
-    if sampler not in before:
-        before[sampler] = statistics.fmean(jpeg_sizes_kb(model_dir, PROMPTS, seeds, sampler))
-    b = before[sampler]
-    curve = []
+    points = []
     for ckpt in sorted((run["out"] / "checkpoints").glob("epoch_*")):
         epochs = int(ckpt.name.split("_")[1])
         weights = Weights(
@@ -104,8 +143,21 @@ def judge(
         )
         if not cfg.use_lora:
             weights = Weights(kind="unet", path=ckpt / "unet")
+        points.append((epochs, weights, sum(r["time_total_s"] for r in rows[:epochs])))
+    return eval_sampler(cfg), points
+
+
+def judge(
+    run: dict, model_dir: Path, seeds: list[int], before: dict, target: float, per_epoch: int
+) -> dict[str, Any]:
+    """Held-out gain of every checkpoint; the first to reach `target`."""
+    sampler, points = run["checkpoints"]
+    if sampler not in before:
+        before[sampler] = statistics.fmean(jpeg_sizes_kb(model_dir, PROMPTS, seeds, sampler))
+    b = before[sampler]
+    curve = []
+    for epochs, weights, train_s in sorted(points, key=lambda p: p[0]):
         after = statistics.fmean(jpeg_sizes_kb(model_dir, PROMPTS, seeds, sampler, weights))
-        train_s = sum(r["time_total_s"] for r in rows[:epochs])
         curve.append(
             {
                 "epochs": epochs,
@@ -116,6 +168,7 @@ def judge(
             }
         )
     reached = next((c for c in curve if c["gain_kb"] >= target), None)
+    rows = run["rows"]
     return {
         "before_kb": b,
         "sampler": sampler.model_dump(),
@@ -123,11 +176,9 @@ def judge(
         "final_gain_kb": curve[-1]["gain_kb"] if curve else float("nan"),
         "samples_to_target": reached["samples"] if reached else None,
         "train_s_to_target": reached["train_s"] if reached else None,
-        "train_s_total": sum(r["time_total_s"] for r in rows),
+        "train_s_total": sum(r["time_s"] for r in rows),
         "reward_first_last": [rows[0]["reward_mean"], rows[-1]["reward_mean"]],
-        "keys": {
-            k: v for k, v in json.loads(cfg.model_dump_json()).items() if k in run["keys_given"]
-        },
+        "keys": run["keys"],
     }
 
 
@@ -160,7 +211,7 @@ def print_report(doc: dict[str, Any]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model-dir", type=Path, default=REPO / "models" / "tiny-sd")
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default=",".join([*METHODS, TRL]))
     ap.add_argument(
         "--set",
         dest="overrides",
@@ -187,6 +238,8 @@ def main() -> None:
     from ddpo.server_process import RewardServerProcess
 
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if TRL in names and not trl_python().exists():
+        sys.exit(f"{trl_python()} is missing: run benchmarks/setup_trl_venv.sh first")
     base = {"sample_batch_size": 6, "sample_num_steps": args.sample_num_steps}
     if not torch.cuda.is_available():
         base["mixed_precision"] = "no"
@@ -195,6 +248,7 @@ def main() -> None:
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "machine": machine_info(),
         "versions": versions(["torch", "diffusers", "peft"]),
+        **({"trl_venv": trl_versions()} if TRL in names else {}),
         "pipeline": str(args.model_dir),
         "target_kb": args.target,
         "budget_layer": base,
@@ -207,13 +261,15 @@ def main() -> None:
     with RewardServerProcess([SCORER], log_file=work / "server.log", extra_env=child_env()) as srv:
         for i, seed in enumerate(range(args.first_seed, args.first_seed + args.seeds)):
             for name in names[i % len(names) :] + names[: i % len(names)]:
-                keys = method_keys(name, base, args.overrides)
+                keys = base if name == TRL else method_keys(name, base, args.overrides)
                 per_epoch = keys["sample_batch_size"] * keys.get("sample_num_batches_per_epoch", 2)
                 epochs = args.samples // per_epoch
-                run = train_run(
-                    name, keys, args.model_dir, srv.url, seed, epochs, args.eval_every, work
-                )
-                run["keys_given"] = set(keys)
+                if name == TRL:
+                    run = trl_run(args.model_dir, keys, seed, epochs, args.eval_every, work)
+                else:
+                    run = train_run(
+                        name, keys, args.model_dir, srv.url, seed, epochs, args.eval_every, work
+                    )
                 result = {
                     "seed": seed,
                     "load": os.getloadavg()[0],

@@ -38,6 +38,9 @@ def main() -> None:
     ap.add_argument("--mixed-precision", default=None, help="default: trl's (fp16)")
     ap.add_argument("--save-dir", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument(
+        "--save-every", type=int, default=0, help="also save SAVE_DIR/epoch_N every N epochs"
+    )
     args = ap.parse_args()
 
     warnings.filterwarnings("ignore")
@@ -82,15 +85,18 @@ def main() -> None:
         inner_log(values, step=step, **kw)
 
     trainer.accelerator.log = capture
-    t0 = time.perf_counter()
-    global_step = 0
+    global_step, train_s, epoch_s = 0, 0.0, []
     for epoch in range(config.num_epochs):
+        t0 = time.perf_counter()
         global_step = trainer.step(epoch, global_step)
-    train_s = time.perf_counter() - t0
+        epoch_s.append(time.perf_counter() - t0)  # checkpoint writing below not counted
+        train_s += epoch_s[-1]
+        if args.save_every and (epoch + 1) % args.save_every == 0:
+            pipeline.save_pretrained(str(args.save_dir / f"epoch_{epoch + 1}"))
     pipeline.save_pretrained(str(args.save_dir))  # trl's own save: the LoRA in diffusers format
 
     epochs = [
-        {"epoch": e, **{k: sum(v) / len(v) for k, v in logged[e].items()}}
+        {"epoch": e, "time_s": epoch_s[e], **{k: sum(v) / len(v) for k, v in logged[e].items()}}
         for e in range(config.num_epochs)
     ]
     args.out.write_text(
