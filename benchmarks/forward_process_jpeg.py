@@ -238,6 +238,8 @@ def main() -> None:
     from ddpo.server_process import RewardServerProcess
 
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    # absolute: trl's child runs in benchmarks/, where a relative path reads as a hub id
+    args.model_dir = args.model_dir.resolve()
     if TRL in names and not trl_python().exists():
         sys.exit(f"{trl_python()} is missing: run benchmarks/setup_trl_venv.sh first")
     base = {"sample_batch_size": 6, "sample_num_steps": args.sample_num_steps}

@@ -368,6 +368,12 @@ def run_demo(
                 "(red, green, blue, yellow, big or dark):\n"
                 f'  python -m reward_server.scripted_rater "{invite}" --prefers red\n'
             )
+            keep = [e.weight for e in cfg.rewards if e.scorer == "prompt_fidelity"]
+            if keep:
+                say(
+                    f"Beside your ratings, prompt_fidelity (weight {keep[0]:g}) keeps each "
+                    "prompt's shape; --prompt-weight 0 trains on your ratings alone."
+                )
         say(f"fine-tuning with {METHOD_NAMES[cfg.train_algorithm]} for {cfg.num_epochs} epochs ...")
         train(cfg)
         after = eval_images(model, output_dir, prompts, seeds, window, sampler_cfg)

@@ -113,3 +113,4 @@ def test_unrated_samples_are_dropped_at_the_deadline(tmp_path: Path) -> None:
     summary = json.loads((out / "demo_summary.json").read_text())
     assert summary["num_dropped"] == 32 and summary["reward_before"] is None
     assert "0 ratings used, 32 samples dropped" in text
+    assert "prompt_fidelity (weight 1) keeps each prompt's shape" in text
