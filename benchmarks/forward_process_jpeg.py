@@ -97,53 +97,43 @@ def train_run(
     cfg, data = our_config(keys, model_dir, out, url, seed, epochs)
     data.update(save_freq=every, num_checkpoint_limit=10_000)
     rows = train_from_data(data, work / f"{name}-seed{seed}", out)
-    run = {"cfg": cfg, "out": out, "rows": [{**r, "time_s": r["time_total_s"]} for r in rows]}
     given = json.loads(cfg.model_dump_json())
-    return {**run, "checkpoints": our_checkpoints(run), "keys": {k: given[k] for k in keys}}
+    return {
+        "out": out,
+        "rows": rows,
+        "checkpoints": our_checkpoints(cfg, out),
+        "keys": {k: given[k] for k in keys},
+    }
 
 
 def trl_run(model_dir: Path, keys: dict, seed: int, epochs: int, every: int, work: Path) -> dict:
     """trl 0.19.1's DDPOTrainer at its defaults on the budget layer, saving every `every`."""
-    out = work / f"{TRL}-seed{seed}"
-    extra = trl_args({k: v for k, v in keys.items() if k != "sample_batch_size"})
-    got = run_trl(
-        model_dir,
-        seed,
-        epochs,
-        keys["sample_batch_size"],
-        [*extra, "--save-every", str(every)],
-        work,
-    )
-    rows = got["epochs"]
+    extra = [*trl_args(keys), "--save-every", str(every)]
+    got = run_trl(model_dir, seed, epochs, keys["sample_batch_size"], extra, work)
+    save = got["weights"].path
     points = [
-        (
-            e,
-            Weights(kind="lora", path=got["weights"].path / f"epoch_{e}", lora_scale=1.0),
-            sum(r["time_s"] for r in rows[:e]),
-        )
+        (e, Weights(kind="lora", path=save / f"epoch_{e}", lora_scale=got["weights"].lora_scale))
         for e in range(every, epochs + 1, every)
     ]
     got["config"].pop("seed", None)
     return {
-        "out": out,
-        "rows": rows,
+        "out": save,
+        "rows": got["epochs"],
         "checkpoints": (got["sampler"], points),
         "keys": got["config"],
     }
 
 
-def our_checkpoints(run: dict) -> tuple[Sampler, list[tuple[int, Weights, float]]]:
-    """A `ddpo train` run's sampler and (epochs, weights, training seconds) per checkpoint."""
-    cfg, rows = run["cfg"], run["rows"]
+def our_checkpoints(cfg: Any, out: Path) -> tuple[Sampler, list[tuple[int, Weights]]]:
+    """A `ddpo train` run's sampler and (epochs, weights) per saved checkpoint."""
     points = []
-    for ckpt in sorted((run["out"] / "checkpoints").glob("epoch_*")):
-        epochs = int(ckpt.name.split("_")[1])
+    for ckpt in sorted((out / "checkpoints").glob("epoch_*")):
         weights = Weights(
             kind="lora", path=ckpt / "lora", lora_scale=cfg.lora_alpha / cfg.lora_rank
         )
         if not cfg.use_lora:
             weights = Weights(kind="unet", path=ckpt / "unet")
-        points.append((epochs, weights, sum(r["time_total_s"] for r in rows[:epochs])))
+        points.append((int(ckpt.name.split("_")[1]), weights))
     return eval_sampler(cfg), points
 
 
@@ -152,11 +142,13 @@ def judge(
 ) -> dict[str, Any]:
     """Held-out gain of every checkpoint; the first to reach `target`."""
     sampler, points = run["checkpoints"]
+    rows = run["rows"]  # one per epoch, "time_total_s" as in metrics.jsonl
     if sampler not in before:
         before[sampler] = statistics.fmean(jpeg_sizes_kb(model_dir, PROMPTS, seeds, sampler))
     b = before[sampler]
     curve = []
-    for epochs, weights, train_s in sorted(points, key=lambda p: p[0]):
+    for epochs, weights in sorted(points, key=lambda p: p[0]):
+        train_s = sum(r["time_total_s"] for r in rows[:epochs])
         after = statistics.fmean(jpeg_sizes_kb(model_dir, PROMPTS, seeds, sampler, weights))
         curve.append(
             {
@@ -168,7 +160,6 @@ def judge(
             }
         )
     reached = next((c for c in curve if c["gain_kb"] >= target), None)
-    rows = run["rows"]
     return {
         "before_kb": b,
         "sampler": sampler.model_dump(),
@@ -176,7 +167,7 @@ def judge(
         "final_gain_kb": curve[-1]["gain_kb"] if curve else float("nan"),
         "samples_to_target": reached["samples"] if reached else None,
         "train_s_to_target": reached["train_s"] if reached else None,
-        "train_s_total": sum(r["time_s"] for r in rows),
+        "train_s_total": sum(r["time_total_s"] for r in rows),
         "reward_first_last": [rows[0]["reward_mean"], rows[-1]["reward_mean"]],
         "keys": run["keys"],
     }

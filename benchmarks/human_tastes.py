@@ -130,9 +130,6 @@ class Setup:
     prompt_weight: float
     model: Path
 
-    def key(self) -> tuple:
-        return (self.recipe, self.epochs, self.prompt_weight, str(self.model))
-
 
 def run_taste(
     taste: str, setup: Setup, runs: Path, before: np.ndarray, reuse: bool
@@ -150,7 +147,7 @@ def run_taste(
             result.get("prompt_weight", 0.0),
             Path(result.get("model", setup.model)),
         )
-        if old.key() == setup.key():
+        if old == setup:
             print(f"{taste}: reusing {cached}", flush=True)
             return result
     prompts, seeds = held_out()

@@ -96,7 +96,11 @@ def main() -> None:
     pipeline.save_pretrained(str(args.save_dir))  # trl's own save: the LoRA in diffusers format
 
     epochs = [
-        {"epoch": e, "time_s": epoch_s[e], **{k: sum(v) / len(v) for k, v in logged[e].items()}}
+        {
+            "epoch": e,
+            "time_total_s": epoch_s[e],  # the name of ours in metrics.jsonl
+            **{k: sum(v) / len(v) for k, v in logged[e].items()},
+        }
         for e in range(config.num_epochs)
     ]
     args.out.write_text(

@@ -400,7 +400,7 @@ def run_demo(
         METHOD_NAMES[cfg.train_algorithm],
     )
     # the rater's own curve when prompt_fidelity shares the run (human demo)
-    key = "reward_human" if human and "reward_human_mean" in records[0] else "reward"
+    key = f"reward_{HUMAN}" if human and f"reward_{HUMAN}_mean" in records[0] else "reward"
     reward_curve_png(output_dir / "reward_curve.png", records, reward, key)
     result = DemoResult(
         output_dir=output_dir,
