@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -83,6 +84,43 @@ def sample_seed(seed: int, epoch: int, rank: int, batch: int, item: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank, batch, item]).generate_state(1)[0])
 
 
+class ChainStart(NamedTuple):
+    """What every sampler sets up before its first step, the same way for all of them."""
+
+    cond: PromptEmbeds  # (B, ...)
+    uncond: PromptEmbeds | None  # (B, ...) where guidance is on, else None
+    generators: list[torch.Generator]  # one per sample, seeded by its seed
+    latents: torch.Tensor  # (B, C, H, W) float32 on the family's device: x_T
+
+
+def start_chain(
+    family: DiffusionFamily,
+    prompts: list[str],
+    seeds: list[int],
+    num_steps: int,
+    guidance_scale: float,
+    resolution: int,
+    uncond: PromptEmbeds | None = None,
+) -> ChainStart:
+    """Set the schedule, encode the prompts and draw each sample's starting noise.
+
+    One generator per sample: a sample's noise does not change with batch size or
+    rank layout, and PPO's and the forward-process samplers start alike from a seed.
+    """
+    shape = family.latent_shape(resolution)
+    family.set_timesteps(num_steps, shape)
+    batch = len(prompts)
+    cond = family.encode_prompts(prompts, resolution)
+    use_cfg = guidance_scale != 1.0
+    if use_cfg and uncond is None:
+        uncond = family.encode_unconditional(resolution)
+    uncond_b = expand_embeds(uncond, batch) if use_cfg else None
+    generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+    latents = torch.stack([torch.randn(shape, generator=g) for g in generators])
+    latents = family.initial_latents(latents).to(family.device, torch.float32)
+    return ChainStart(cond, uncond_b, generators, latents)
+
+
 @torch.no_grad()
 def sample_trajectories(
     family: DiffusionFamily,
@@ -103,29 +141,20 @@ def sample_trajectories(
     Steps in `window` (default: all) are the family's stochastic step with a
     log-prob; the others its deterministic step, not recorded (`trainer/sde_window.py`).
 
-    Noise comes from one generator per sample, so a sample does not change with
-    batch size or rank layout. The chain is kept in float32 whatever the weight
-    dtype: each step's log-prob is taken on the very latent that is stored and
-    later re-scored (rounding it to bf16 afterwards would bias every ratio).
+    Noise comes from one generator per sample (`start_chain`). The chain is kept in
+    float32 whatever the weight dtype: each step's log-prob is taken on the very
+    latent that is stored and later re-scored (rounding it to bf16 afterwards would
+    bias every ratio).
 
     `predict_x0_images`: also decode the model's x0 prediction at each stochastic
     step (one VAE decode per step), the states a step baseline scores.
     """
     device = family.device
     scheduler = family.pipeline.scheduler
-    shape = family.latent_shape(resolution)
-    family.set_timesteps(num_steps, shape)
+    start = start_chain(family, prompts, seeds, num_steps, guidance_scale, resolution, uncond)
+    cond, uncond_b, generators, latents = start
     window = range(len(scheduler.timesteps)) if window is None else window
     batch = len(prompts)
-    cond = family.encode_prompts(prompts, resolution)
-    use_cfg = guidance_scale != 1.0
-    if use_cfg and uncond is None:
-        uncond = family.encode_unconditional(resolution)
-    uncond_b = expand_embeds(uncond, batch) if use_cfg else None
-
-    generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-    latents = torch.stack([torch.randn(shape, generator=g) for g in generators])
-    latents = family.initial_latents(latents).to(device, torch.float32)
 
     all_latents = []
     all_log_probs = []

@@ -13,13 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from trainer.families.base import (
-    DiffusionFamily,
-    PromptEmbeds,
-    cat_embeds,
-    expand_embeds,
-    index_embeds,
-)
+from trainer.families.base import DiffusionFamily, PromptEmbeds, cat_embeds, index_embeds
+from trainer.sampling import start_chain
 
 
 @dataclass
@@ -73,23 +68,15 @@ def sample_clean(
 ) -> CleanSamples:
     """Run the family's chain for one batch and keep its end.
 
-    Initial noise comes from one generator per sample seeded as in
-    `sample_trajectories`, so the same seeds start from the same noise. With
+    Starts as `sample_trajectories` does (`start_chain`), so the same seeds start
+    from the same noise. With
     `stochastic` every step is the family's stochastic one (noise `eta`).
     """
     device = family.device
     scheduler = family.pipeline.scheduler
-    shape = family.latent_shape(resolution)
-    family.set_timesteps(num_steps, shape)
+    start = start_chain(family, prompts, seeds, num_steps, guidance_scale, resolution, uncond)
+    cond, uncond_b, generators, latents = start
     batch = len(prompts)
-    cond = family.encode_prompts(prompts, resolution)
-    use_cfg = guidance_scale != 1.0
-    if use_cfg and uncond is None:
-        uncond = family.encode_unconditional(resolution)
-    uncond_b = expand_embeds(uncond, batch) if use_cfg else None
-    generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-    latents = torch.stack([torch.randn(shape, generator=g) for g in generators])
-    latents = family.initial_latents(latents).to(device, torch.float32)
     for t in scheduler.timesteps:
         t_batch = t.repeat(batch).to(device)
         model_in = family.model_input(latents, t_batch)
