@@ -61,8 +61,9 @@ for _path in (str(REPO), str(BENCH_DIR)):
 
 from _common import machine_info  # noqa: E402  (stdlib only)
 from gpu_archs import FULL, SMOKE, Sizes  # noqa: E402
-from gpu_forward import part_sd15_nft  # noqa: E402
+from gpu_forward import part_sd15_forward  # noqa: E402
 from gpu_measure import NO_CUDA, Report, device_info, package_versions, peak_gib  # noqa: E402
+from gpu_report import headline, print_table  # noqa: E402
 from gpu_scorers import part_clip_scorer  # noqa: E402  (the parts import torch lazily)
 from gpu_sd_parts import (  # noqa: E402
     part_aesthetic,
@@ -92,7 +93,8 @@ PARTS: list[Part] = [
     Part("sd15_ratio_bf16", "PPO ratio, unchanged weights, bf16", part_sd15_ratio("bf16")),
     Part("sd15_ratio_fp16", "PPO ratio, unchanged weights, fp16", part_sd15_ratio("fp16")),
     Part("sd15_full_ft", "SD 1.5 full fine-tuning memory", part_sd15_full_ft),
-    Part("sd15_nft_bf16", "SD 1.5 512 px LoRA bf16 NFT epoch", part_sd15_nft("bf16")),
+    Part("sd15_nft_bf16", "SD 1.5 512 px LoRA bf16 NFT epoch", part_sd15_forward("nft", "bf16")),
+    Part("sd15_awm_bf16", "SD 1.5 512 px LoRA bf16 AWM epoch", part_sd15_forward("awm", "bf16")),
     Part("aesthetic", "aesthetic scorer images/s", part_aesthetic),
     Part("pickscore", "PickScore (ViT-H/14) scorer images/s", part_clip_scorer("pickscore")),
     Part("clip_score", "CLIPScore (ViT-L/14) scorer images/s", part_clip_scorer("clip_score")),
@@ -279,72 +281,6 @@ def part_timeouts(values: list[str]) -> tuple[float, dict[str, float]]:
 
 
 # -- output --------------------------------------------------------------------------------
-
-
-def _fmt(value: Any, spec: str = ".3g") -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return format(value, spec)
-    return str(value)
-
-
-def headline(name: str, result: dict[str, Any]) -> str:
-    """The figures of a part that answer the issue's targets, in one line."""
-    if result.get("status") != "ok":
-        return result.get("reason") or result.get("error", "")[:120]
-    f = result.get("figures", {})
-    if "_lora_" in name:
-        return (
-            f"epoch {_fmt(f.get('epoch_s'))} s (sampling {_fmt(f.get('sampling_s'))}, "
-            f"training {_fmt(f.get('training_s'))}), {_fmt(f.get('images_per_s'))} img/s, "
-            f"peak {_fmt(f.get('peak_memory_gib'))} GiB, "
-            f"training MFU {_fmt(f.get('training_mfu'), '.1%')}"
-        )
-    if name == "sd15_full_ft":
-        return (
-            f"peak {_fmt(f.get('peak_training_gib'))} GiB "
-            f"(fits 24 GB: {_fmt(f.get('fits_24gb'))}), "
-            f"{result.get('settings', {}).get('optimizer', '')[:40]}"
-        )
-    if "_ratio_" in name:
-        return (
-            f"max|log ratio| sampled vs train shape "
-            f"{_fmt(f.get('max_abs_log_ratio_sampled_vs_train_shape'), '.1e')}; "
-            f"update never {_fmt(f.get('log_ratio_abs_max_never'), '.1e')}, "
-            f"auto {_fmt(f.get('log_ratio_abs_max_auto'), '.1e')} "
-            f"(target <= {_fmt(result.get('settings', {}).get('target_abs_log_ratio'), '.0e')})"
-        )
-    if name.startswith("trl_"):
-        return (
-            f"epoch {_fmt(f.get('epoch_s'))} s (sampling {_fmt(f.get('sampling_s'))}, "
-            f"training {_fmt(f.get('training_s'))}), peak {_fmt(f.get('peak_memory_gib'))} GiB"
-        )
-    if name in ("aesthetic", "pickscore", "clip_score"):
-        return (
-            f"{_fmt(f.get('images_per_s'), '.0f')} img/s end to end, model "
-            f"{_fmt(f.get('model_images_per_s'), '.0f')} (bf16 "
-            f"{_fmt(f.get('model_images_per_s_bf16'), '.0f')}), preprocess "
-            f"{_fmt(f.get('preprocess_images_per_s'), '.0f')}"
-        )
-    return ""
-
-
-def print_table(doc: dict[str, Any]) -> None:
-    device = doc.get("device") or {}
-    print(
-        f"\nGPU suite on {device.get('name', '?')} (torch {device.get('torch', '?')}, "
-        f"CUDA {device.get('cuda')}); peak assumed: {device.get('peak_bf16_flops_source', '?')}"
-    )
-    print(f"{'part':<20} {'status':<8} {'wall s':>7}  figures")
-    for name, result in doc["parts"].items():
-        wall = result.get("wall_s")
-        print(
-            f"{name:<20} {result.get('status', '?'):<8} {_fmt(wall, '7.1f'):>7}  "
-            f"{headline(name, result)}"
-        )
 
 
 def write(doc: dict[str, Any], out: Path) -> None:

@@ -5,8 +5,8 @@ cross-checked with the Dockerfiles, .env.example and the code: every COPY
 source is in the build context, every command is a real `ddpo` subcommand (with
 real options), module or console script of the image, every ${VAR} is
 documented, healthchecks only use what the image has. hadolint lints the
-Dockerfiles. Last, the compose services' commands run as plain processes: the
-reward server, then a short training run against it.
+Dockerfiles. The compose services' commands run as plain processes in
+tests/test_deploy_processes.py.
 """
 
 from __future__ import annotations
@@ -19,262 +19,40 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
-import time
-from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-import httpx
 import jsonschema
 import pytest
 import typer
-import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOT = Path(__file__).resolve().parents[1]
-COMPOSE_FILE = ROOT / "docker-compose.yml"
-ENV_EXAMPLE = ROOT / ".env.example"
-SCHEMA = Path(__file__).parent / "data" / "compose-spec.json"
-DOCKERFILES = {
-    "reward-server": ROOT / "docker" / "reward-server.Dockerfile",
-    "trainer": ROOT / "docker" / "trainer.Dockerfile",
-}
-LOCKS = {
-    "reward-server": (ROOT / "docker" / "requirements-server.txt", "server"),
-    "trainer": (ROOT / "docker" / "requirements-trainer.txt", "trainer"),
-}
-#: Executables that third-party images used by the compose file are known to ship.
-EXTERNAL_IMAGE_TOOLS = {"postgres": {"pg_isready", "psql", "postgres", "sh", "bash"}}
-
-
-# -- parsing helpers ------------------------------------------------------------
-
-
-@dataclass
-class Instruction:
-    keyword: str
-    args: str
-    line: int
-
-    def exec_form(self) -> list[str] | None:
-        return json.loads(self.args) if self.args.startswith("[") else None
-
-
-def parse_dockerfile(path: Path) -> list[Instruction]:
-    """Instructions with line continuations joined and comments dropped."""
-    out: list[Instruction] = []
-    buf, start = "", 0
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        if not buf:
-            start = number
-        if stripped.endswith("\\"):
-            buf += stripped[:-1] + " "
-            continue
-        buf += stripped
-        keyword, _, rest = buf.partition(" ")
-        out.append(Instruction(keyword.upper(), rest.strip(), start))
-        buf = ""
-    assert not buf, f"{path}: dangling line continuation"
-    return out
-
-
-def instructions(service: str, keyword: str) -> list[Instruction]:
-    return [i for i in parse_dockerfile(DOCKERFILES[service]) if i.keyword == keyword]
-
-
-def dockerfile_env(service: str) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for ins in instructions(service, "ENV"):
-        for token in shlex.split(ins.args):
-            key, sep, value = token.partition("=")
-            assert sep, f"{DOCKERFILES[service]}:{ins.line}: use ENV KEY=value"
-            env[key] = value
-    return env
-
-
-def copy_sources(ins: Instruction) -> list[str]:
-    words = ins.exec_form() or shlex.split(ins.args)
-    words = [w for w in words if not w.startswith("--")]
-    return words[:-1]
-
-
-_VAR = re.compile(r"\$(\$|\{(?P<braced>[^}]*)\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))")
-_BRACED = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>.*))?", re.S)
-
-
-def _substitute(text: str, values: dict[str, str] | None, names: set[str]) -> str:
-    """Compose interpolation: $$, $VAR, ${VAR}, ${VAR:-default}, ${VAR-d}, ${VAR:?err}."""
-
-    def repl(m: re.Match[str]) -> str:
-        if m.group(1) == "$":
-            return "$"
-        if m.group("bare"):
-            names.add(m.group("bare"))
-            return (values or {}).get(m.group("bare"), "")
-        inner = _BRACED.fullmatch(m.group("braced"))
-        assert inner, f"bad interpolation {m.group(0)!r}"
-        name, op, arg = inner.group("name"), inner.group("op"), inner.group("arg")
-        names.add(name)
-        if values is None:
-            return ""
-        value = values.get(name)
-        unset_or_empty = value is None or (value == "" and op and op.startswith(":"))
-        if op in ("-", ":-") and unset_or_empty:
-            return arg
-        if op in ("?", ":?") and unset_or_empty:
-            raise ValueError(f"{name}: {arg}")
-        return value or ""
-
-    return _VAR.sub(repl, text)
-
-
-def interpolate(node: Any, values: dict[str, str] | None, names: set[str] | None = None) -> Any:
-    names = set() if names is None else names
-    if isinstance(node, str):
-        return _substitute(node, values, names)
-    if isinstance(node, list):
-        return [interpolate(v, values, names) for v in node]
-    if isinstance(node, dict):
-        return {k: interpolate(v, values, names) for k, v in node.items()}
-    return node
-
-
-@cache
-def raw_compose() -> dict[str, Any]:
-    return yaml.safe_load(COMPOSE_FILE.read_text())
-
-
-def env_example() -> dict[str, str]:
-    values = {}
-    for line in ENV_EXAMPLE.read_text().splitlines():
-        m = re.fullmatch(r"([A-Z_][A-Z0-9_]*)=(.*)", line.strip())
-        if m:
-            values[m.group(1)] = m.group(2)
-    return values
-
-
-def compose(**overrides: str) -> dict[str, Any]:
-    """The compose file as `docker compose config` would see it with .env.example + overrides."""
-    return interpolate(raw_compose(), {**env_example(), "DDPO_API_KEY": "k", **overrides})
-
-
-def argv_of(command: Any) -> list[str]:
-    return shlex.split(command) if isinstance(command, str) else list(command)
-
-
-def option(argv: list[str], name: str) -> str:
-    return argv[argv.index(name) + 1]
-
-
-def set_overrides(argv: list[str]) -> list[str]:
-    return [argv[i + 1] for i, word in enumerate(argv) if word == "--set"]
-
-
-def service_image_kind(name: str, svc: dict[str, Any]) -> str:
-    """Which of our Dockerfiles builds (or named) a service's image, or the external image."""
-    build = svc.get("build")
-    if build:
-        for kind, path in DOCKERFILES.items():
-            if (ROOT / build.get("context", ".") / build["dockerfile"]).resolve() == path:
-                return kind
-        raise AssertionError(f"{name}: unknown dockerfile {build['dockerfile']}")
-    for kind in DOCKERFILES:
-        if svc["image"] == raw_compose()["services"][kind]["image"]:
-            return kind
-    return svc["image"].split(":")[0].split("/")[-1]
-
-
-def locked(service: str) -> dict[str, str]:
-    pins = {}
-    for line in LOCKS[service][0].read_text().splitlines():
-        line = line.split("#")[0].strip()
-        if line:
-            name, _, version = line.partition("==")
-            assert version, f"{line!r} is not pinned with =="
-            pins[canonicalize_name(name)] = version
-    return pins
-
-
-def console_scripts(service: str) -> set[str]:
-    """Console scripts the image gets from our project and its locked packages."""
-    scripts = set(tomllib_project()["scripts"])
-    for name in locked(service):
-        try:
-            dist = importlib.metadata.distribution(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-        scripts |= {ep.name for ep in dist.entry_points if ep.group == "console_scripts"}
-    return scripts
-
-
-@cache
-def tomllib_project() -> dict[str, Any]:
-    import tomllib
-
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-
-
-def image_tools(service: str) -> set[str]:
-    """Executables on PATH in one of our images."""
-    tools = {"sh", "bash"} | console_scripts(service)
-    # python3 comes with the base image: the Dockerfile's own RUN lines rely on it.
-    if any(i.args.startswith("python3 ") for i in instructions(service, "RUN")):
-        tools.add("python3")
-    for ins in instructions(service, "COPY"):
-        dest = (ins.exec_form() or shlex.split(ins.args))[-1]
-        if dest.startswith("/usr/local/bin/"):
-            tools.add(dest.rsplit("/", 1)[1])
-    return tools
-
-
-# -- .dockerignore ----------------------------------------------------------------
-
-
-def _ignore_regex(pattern: str) -> re.Pattern[str]:
-    out, i = "", 0
-    while i < len(pattern):
-        c = pattern[i]
-        if pattern.startswith("**/", i):
-            out, i = out + "(?:.*/)?", i + 3
-            continue
-        if pattern.startswith("**", i):
-            out, i = out + ".*", i + 2
-            continue
-        out += {"*": "[^/]*", "?": "[^/]"}.get(c, re.escape(c))
-        i += 1
-    return re.compile(out)
-
-
-def dockerignore() -> list[tuple[bool, re.Pattern[str]]]:
-    rules = []
-    for line in (ROOT / ".dockerignore").read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        negate = line.startswith("!")
-        pattern = os.path.normpath(line.lstrip("!").strip()).lstrip("/")
-        rules.append((negate, _ignore_regex(pattern)))
-    return rules
-
-
-def in_build_context(relpath: str) -> bool:
-    """Docker's rule: the last pattern matching the path or one of its parents decides."""
-    parts = Path(relpath).parts
-    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-    included = True
-    for negate, regex in dockerignore():
-        if any(regex.fullmatch(c) for c in candidates):
-            included = negate
-    return included
-
+from tests.helpers.deploy_files import (
+    DOCKERFILES,
+    EXTERNAL_IMAGE_TOOLS,
+    LOCKS,
+    ROOT,
+    SCHEMA,
+    argv_of,
+    compose,
+    copy_sources,
+    dockerfile_env,
+    env_example,
+    image_tools,
+    in_build_context,
+    instructions,
+    interpolate,
+    locked,
+    option,
+    parse_dockerfile,
+    raw_compose,
+    service_image_kind,
+    set_overrides,
+    tomllib_project,
+)
 
 # -- the compose file ------------------------------------------------------------
 
@@ -552,143 +330,3 @@ def test_healthchecks_use_tools_present_in_the_image() -> None:
         for ins in instructions(kind, "HEALTHCHECK"):
             test = json.loads(ins.args[ins.args.index("CMD ") + 4 :])
             _check_healthcheck(["CMD", *test], image_tools(kind), kind)
-
-
-# -- the compose commands as plain processes -----------------------------------------
-
-TINY_CONFIG = """
-pretrained_model = "{model}"
-prompts = ["a red circle", "a blue square"]
-mixed_precision = "no"
-resolution = 32
-num_epochs = 2
-sample_num_steps = 4
-sample_guidance_scale = 3.0
-sample_batch_size = 2
-sample_num_batches_per_epoch = 2
-train_batch_size = 2
-per_prompt_stat_tracking_min_count = 2
-log_images_every = 1
-
-[[rewards]]
-url = "http://placeholder.invalid:1"
-scorer = "jpeg_compressibility"
-"""
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _localize(argv: list[str], mapping: dict[str, str]) -> list[str]:
-    """Container paths and service URLs -> this machine's; `ddpo` -> this interpreter."""
-    out = []
-    for word in argv:
-        for container, host in mapping.items():
-            word = word.replace(container, host)
-        out.append(word)
-    if out[0] == "ddpo":
-        out = [sys.executable, "-m", "ddpo.cli", *out[1:]]
-    elif out[0] == "python3":
-        out[0] = sys.executable
-    return ["sh", str(ROOT / "docker" / "entrypoint.sh"), *out]
-
-
-def _process_env(service: str, svc: dict[str, Any], mapping: dict[str, str]) -> dict[str, str]:
-    env = dict(os.environ)
-    for key, value in {**dockerfile_env(service), **(svc.get("environment") or {})}.items():
-        if key == "HOME" or key.startswith("PIP_"):
-            continue
-        for container, host in mapping.items():
-            value = str(value).replace(container, host)
-        env[key] = str(value)
-    env["PYTHONPATH"] = str(ROOT)
-    return env
-
-
-@pytest.mark.slow
-def test_compose_services_run_as_plain_processes(tmp_path: Path, tiny_sd: Path) -> None:
-    key, port = "deploy-test-key", _free_port()
-    services = compose(
-        DDPO_API_KEY=key,
-        DDPO_SCORERS="jpeg_compressibility",  # the aesthetic weights are not here
-        DDPO_ALLOW_DOWNLOAD="0",
-        HF_HUB_OFFLINE="1",
-        DDPO_TRAIN_CONFIG="tiny.toml",
-        DDPO_RUN_NAME="tiny-run",
-    )["services"]
-    (tmp_path / "configs").mkdir()
-    (tmp_path / "configs" / "tiny.toml").write_text(TINY_CONFIG.format(model=tiny_sd))
-    mapping = {
-        "http://reward-server:8000": f"http://127.0.0.1:{port}",
-        "/home/app/.cache/huggingface": str(tmp_path / "hf"),
-        "/configs": str(tmp_path / "configs"),
-        "/outputs": str(tmp_path / "outputs"),
-        "/app/models": str(ROOT / "models"),
-        "/data": str(tmp_path / "data"),
-    }
-
-    server_svc = services["reward-server"]
-    server_argv = argv_of(server_svc["command"])
-    server_argv[server_argv.index("--host") + 1] = "127.0.0.1"  # tests stay on loopback
-    server_argv[server_argv.index("--port") + 1] = str(port)
-    log_path = tmp_path / "server.log"
-    with log_path.open("wb") as log:
-        server = subprocess.Popen(
-            _localize(server_argv, mapping),
-            env=_process_env("reward-server", server_svc, mapping),
-            cwd=tmp_path,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        # Readiness by the compose healthcheck command itself.
-        health = server_svc["healthcheck"]["test"][1:]
-        health = [w.replace(":8000/", f":{port}/") for w in health]
-        deadline = time.monotonic() + 30
-        while subprocess.run(_localize(health, {})[2:], capture_output=True).returncode != 0:
-            assert server.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, "reward server not healthy\n" + log_path.read_text()
-            time.sleep(0.2)
-        assert (tmp_path / "data").is_dir()  # the entrypoint made the writable dir
-
-        trainer_svc = services["trainer"]
-        trainer = subprocess.run(
-            _localize(argv_of(trainer_svc["command"]), mapping),
-            env=_process_env("trainer", trainer_svc, mapping),
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert trainer.returncode == 0, trainer.stdout + trainer.stderr
-        run = tmp_path / "outputs" / "tiny-run"
-        epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").open()]
-        assert epochs == [0, 1]
-        assert (run / "lora").is_dir() and list((run / "tensorboard").glob("events.*"))
-
-        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
-        scored = re.search(
-            r'ddpo_scored_items_total\{scorer="jpeg_compressibility"\} (\S+)', metrics
-        )
-        assert scored and float(scored.group(1)) == 8  # 2 epochs x 2 batches x 2 images
-        assert re.search(
-            r'ddpo_http_requests_total\{method="POST",route="/v1/score",status="200"\}', metrics
-        )
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            raise
-    # uvicorn re-raises the signal once drained, so the exit status says SIGTERM (143 in docker).
-    assert server.returncode in (0, -signal.SIGTERM), log_path.read_text()
-    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
-    access = [e for e in lines if e.get("route") == "/v1/score" and e.get("status") == 200]
-    assert access and all(e["request_id"] for e in access)
-    assert any("Application shutdown complete" in e["message"] for e in lines)

@@ -60,6 +60,7 @@ EXPECTED = {
     "sd15_ratio_fp16": RATIO,
     "sd15_full_ft": ["params", "peak_training_gib", "fits_24gb", "training_s"],
     "sd15_nft_bf16": ["epoch_s", "peak_memory_gib", "nft_loss", "kept_bytes_per_sample_nft"],
+    "sd15_awm_bf16": ["epoch_s", "peak_memory_gib", "awm_loss", "kept_bytes_per_sample_awm"],
     "aesthetic": ["images_per_s", "model_images_per_s", "model_images_per_s_bf16"],
     "pickscore": SCORER,
     "clip_score": SCORER,

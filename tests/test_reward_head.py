@@ -1,4 +1,4 @@
-"""Reward heads: the on-disk format, fitting on scripted ratings, and the hot-reloading scorer.
+"""Reward heads: fitting on scripted ratings, and the hot-reloading scorer.
 
 Ratings come from raters scripted in tests.helpers.shape_ratings.rate_shapes (they
 like red shapes), stored through RatingStore's real API; embeddings come from
@@ -9,10 +9,7 @@ themselves use seed 0, so they are deterministic.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,19 +19,14 @@ import pytest
 import torch
 from PIL import Image
 
-from reward_server import head_store as rh
 from reward_server.clip_embedding import ClipEmbedder
 from reward_server.fitting.metrics import pearson, spearman
 from reward_server.fitting.options import FitOptions
 from reward_server.fitting.pipeline import fit_reward_head
 from reward_server.fitting.ratings import FitError, gather_ratings
 from reward_server.head_store import (
-    HeadDescription,
-    HeadMetrics,
     RewardHead,
-    RewardHeadError,
     load_head,
-    load_latest,
     read_latest,
     save_head,
 )
@@ -44,6 +36,7 @@ from reward_server.scorers.reward_head import RewardHeadScorer
 from reward_server.settings import ServerSettings
 from reward_server.storage import RatingStore
 from shared.shapes import BACKGROUNDS, COLOURS, SHAPES, draw
+from tests.helpers.reward_heads import head_description, random_head
 from tests.helpers.shape_ratings import rate_shapes
 from tests.helpers.tiny_clip import write_tiny_clip
 
@@ -100,146 +93,6 @@ def _drawings(colour: str, n: int, seed: int) -> list[Image.Image]:
 def _others(n: int, seed: int, but: str = "red") -> list[Image.Image]:
     colours = [c for c in COLOURS if c != but]
     return [img for i in range(n) for img in _drawings(colours[i % len(colours)], 1, seed + i)]
-
-
-def _description(head: RewardHead, **kw: Any) -> HeadDescription:
-    fields: dict[str, Any] = dict(
-        mode="score",
-        clip_model="tiny",
-        embed_dim=head.mlp[0].in_features,
-        hidden=[head.mlp[0].out_features],
-        dropout=0.1,
-        score_mean=5.0,
-        score_std=2.0,
-        metrics=HeadMetrics(holdout_size=2, train_size=8, epochs=1),
-        num_ratings=10,
-        num_images=10,
-        num_raters=1,
-    )
-    fields.update(kw)
-    return HeadDescription(**fields)
-
-
-def _random_head(seed: int, dim: int = 64) -> RewardHead:
-    torch.manual_seed(seed)
-    return RewardHead(dim, [16]).eval()
-
-
-# -- the file format -----------------------------------------------------------------
-
-
-def test_save_load_round_trip(tmp_path: Path) -> None:
-    head = _random_head(0)
-    info = save_head(head, _description(head), tmp_path)
-    assert rh._VERSION_RE.match(info.version)
-    weights = (tmp_path / "versions" / info.version / "head.safetensors").read_bytes()
-    digest = hashlib.sha256(weights).hexdigest()
-    assert info.version.endswith(digest[:8]) and info.weights_sha256 == digest
-    assert read_latest(tmp_path) == info.version
-    loaded = load_latest(tmp_path)
-    assert loaded is not None
-    again, again_info = loaded
-    assert again_info == info
-    x = torch.randn(5, 64)
-    assert torch.equal(again(x), head(x))
-    # No staging directories are left behind.
-    assert [p.name for p in (tmp_path / "versions").iterdir()] == [info.version]
-
-
-def test_no_head_yet(tmp_path: Path) -> None:
-    assert read_latest(tmp_path) is None and load_latest(tmp_path) is None
-
-
-def test_latest_switches_only_once_the_version_is_complete(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    old = save_head(_random_head(0), _description(_random_head(0)), tmp_path)
-    seen: list[str] = []
-    real_replace = os.replace
-
-    def spying_replace(src: Any, dst: Any) -> None:
-        if Path(dst).name == "LATEST":
-            # At the switch the new version must already load completely.
-            version = Path(src).read_text().strip()
-            load_head(tmp_path / "versions" / version)
-            seen.append(version)
-        else:  # the complete version directory moves into place: LATEST is untouched so far
-            assert read_latest(tmp_path) == old.version
-            seen.append("version-dir")
-        real_replace(src, dst)
-
-    monkeypatch.setattr(rh.os, "replace", spying_replace)
-    new = save_head(_random_head(1), _description(_random_head(1)), tmp_path)
-    assert seen == ["version-dir", new.version] and new.version != old.version
-
-    # A crash half-way through writing a version leaves LATEST (and the old head) alone.
-    real_write = rh._write_synced
-
-    def crash_on_info(path: Path, data: bytes) -> None:
-        if path.name == "head.json":
-            raise OSError("disk full")
-        real_write(path, data)
-
-    monkeypatch.setattr(rh, "_write_synced", crash_on_info)
-    with pytest.raises(OSError, match="disk full"):
-        save_head(_random_head(2), _description(_random_head(2)), tmp_path)
-    assert read_latest(tmp_path) == new.version
-    assert sorted(p.name for p in (tmp_path / "versions").iterdir()) == sorted(
-        [old.version, new.version]
-    )
-
-
-def _corrupt(version_dir: Path, how: str) -> None:
-    info_path, weights_path = version_dir / "head.json", version_dir / "head.safetensors"
-    data = json.loads(info_path.read_text())
-    if how == "weights-tampered":
-        raw = bytearray(weights_path.read_bytes())
-        raw[-1] ^= 0xFF
-        weights_path.write_bytes(bytes(raw))
-    elif how == "json-garbage":
-        info_path.write_text("{not json")
-    elif how == "wrong-format":
-        info_path.write_text(json.dumps({**data, "format": "something-else"}))
-    elif how == "future-format":
-        info_path.write_text(json.dumps({**data, "format_version": 2}))
-    elif how == "unknown-field":
-        info_path.write_text(json.dumps({**data, "surprise": 1}))
-    elif how == "shape-mismatch":
-        info_path.write_text(json.dumps({**data, "hidden": [17]}))
-    elif how == "pickle":
-        torch.save({"mlp.0.weight": torch.zeros(1)}, weights_path)
-        digest = hashlib.sha256(weights_path.read_bytes()).hexdigest()
-        info_path.write_text(json.dumps({**data, "weights_sha256": digest}))
-    elif how == "missing-weights":
-        weights_path.unlink()
-
-
-@pytest.mark.parametrize(
-    ("how", "message"),
-    [
-        ("weights-tampered", "damaged or was replaced"),
-        ("json-garbage", "not JSON"),
-        ("wrong-format", "not a ddpo-reward-head"),
-        ("future-format", "format_version 2"),
-        ("unknown-field", "malformed"),
-        ("shape-mismatch", "does not fit"),
-        ("pickle", "not a safetensors file"),
-        ("missing-weights", "cannot read"),
-    ],
-)
-def test_malformed_heads_are_refused_clearly(tmp_path: Path, how: str, message: str) -> None:
-    info = save_head(_random_head(0), _description(_random_head(0)), tmp_path)
-    _corrupt(tmp_path / "versions" / info.version, how)
-    with pytest.raises(RewardHeadError, match=message):
-        load_latest(tmp_path)
-
-
-def test_latest_must_name_a_version(tmp_path: Path) -> None:
-    (tmp_path / "LATEST").write_text("../../etc/passwd\n")
-    with pytest.raises(RewardHeadError, match="not a version"):
-        read_latest(tmp_path)
-    with pytest.raises(RewardHeadError):
-        rh.point_latest(tmp_path, "20260101T000000-00000000")  # no such version: refused
 
 
 # -- statistics ----------------------------------------------------------------------
@@ -454,7 +307,7 @@ def test_scorer_reloads_and_survives_a_broken_version(
     loader, clock = _Loader(clip_dir), _Clock()
     scorer = RewardHeadScorer(tmp_path, loader, check_interval_s=1.0, clock=clock)
     image = _drawings("red", 1, seed=0)
-    first = save_head(_random_head(0), _description(_random_head(0), hidden=[16]), tmp_path)
+    first = save_head(random_head(0), head_description(random_head(0), hidden=[16]), tmp_path)
 
     # Throttled: LATEST is looked at again only after check_interval_s.
     clock.now = 0.5
@@ -479,7 +332,7 @@ def test_scorer_reloads_and_survives_a_broken_version(
     assert len(errors) == 1 and f"still serving {first.version}" in errors[0].getMessage()
 
     # The next good version is picked up, and its CLIP model (same spec) is not reloaded.
-    second = save_head(_random_head(1), _description(_random_head(1), hidden=[16]), tmp_path)
+    second = save_head(random_head(1), head_description(random_head(1), hidden=[16]), tmp_path)
     clock.now = 20.0
     new_scores, _ = scorer.score(image, [""])
     assert scorer.version == second.version and new_scores != scores
@@ -488,7 +341,7 @@ def test_scorer_reloads_and_survives_a_broken_version(
 
 def test_scorer_refuses_a_head_for_another_clip(tmp_path: Path, clip_dir: Path) -> None:
     head = RewardHead(32, [8])  # the tiny CLIP gives 64 dims
-    save_head(head, _description(head, hidden=[8]), tmp_path)
+    save_head(head, head_description(head, hidden=[8]), tmp_path)
     scorer = RewardHeadScorer(tmp_path, _Loader(clip_dir), check_interval_s=0)
     with pytest.raises(ScorerNotReady, match=r"32-dim embeddings but CLIP 'tiny' gives 64"):
         scorer.score(_drawings("red", 1, seed=0), [""])
