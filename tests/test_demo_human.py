@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ddpo.demo import BUILTIN_MODEL, HUMAN_PROMPTS, eval_images
+from ddpo.demo import BUILTIN_MODEL, HUMAN, HUMAN_PROMPTS, default_epochs, eval_images
 from reward_server.scorers.prompt_fidelity import build as build_fidelity
 from reward_server.scripted_rater import ScriptedRater, preference_score
 from shared.shapes import SHAPES
@@ -86,11 +86,13 @@ def test_a_rater_who_likes_blue_makes_the_model_draw_blue(tmp_path: Path) -> Non
     0.98 -> 1.00.
     """
     out = tmp_path / "demo"
-    text, rater = run_human_demo(out, "--epochs", "12", "--rating-deadline", "120", rater=TASTE)
+    # The shipped number of epochs, as a user gets it (no --epochs).
+    text, rater = run_human_demo(out, "--rating-deadline", "120", rater=TASTE)
+    epochs = default_epochs(HUMAN)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(records) == 12
+    assert len(records) == epochs
     assert sum(r["num_dropped"] for r in records) == 0, records
-    assert rater is not None and rater.rated == sum(r["num_rated"] for r in records) == 12 * 32
+    assert rater is not None and rater.rated == sum(r["num_rated"] for r in records) == epochs * 32
 
     score_before, share_before, shape_before = judge_held_out(None)
     score_after, share_after, shape_after = judge_held_out(out)
