@@ -9,13 +9,10 @@ threads 6.04 s per epoch, 1 thread 6.62 s, 2 passive threads 12.86 s; one busy
 program beside, 1 thread 7.53 s, 2 passive threads 8.73 s, 2 spinning > 100 s.
 
 So the trainer starts on all cores unless something else is busy now, and drops
-to one thread when an epoch's compute time jumps past `collapse_ratio` times the
-fastest seen. On one thread it looks again every `recheck_every` epochs (a 0.3 s
-probe) and takes all cores back once the other program has gone, so a compile
-beside the first minutes of a long run does not cost the rest of it.
-`torch.set_num_threads` works at any time; only the spin length is fixed when
-libgomp loads. A user who exported OMP_NUM_THREADS (or a wait policy) chose, and
-is left alone.
+to one thread for the rest of the run when an epoch's compute time jumps past
+`collapse_ratio` times the fastest seen. `torch.set_num_threads` works at any
+time; only the spin length is fixed when libgomp loads. A user who exported
+OMP_NUM_THREADS (or a wait policy) chose, and is left alone.
 """
 
 from __future__ import annotations
@@ -61,58 +58,33 @@ class ThreadGuard:
         self,
         environ: Mapping[str, str] | None = None,
         collapse_ratio: float = 2.0,
-        recheck_every: int = 5,
         busy_elsewhere: Callable[[], float | None] = busy_cores_elsewhere,
         set_threads: Callable[[int], None] = torch.set_num_threads,
     ) -> None:
         env = os.environ if environ is None else environ
         self.user_chose = any(name in env for name in USER_CHOICES)
         self.collapse_ratio = collapse_ratio
-        self.recheck_every = recheck_every
-        self.busy_elsewhere = busy_elsewhere
         self.set_threads = set_threads
-        self.cores = torch.get_num_threads()
         self.fastest_s: float | None = None
         self.single = False
-        self.single_epochs = 0
-        if self.user_chose or self.cores <= 1:
+        if self.user_chose or torch.get_num_threads() <= 1:
             return
         busy = busy_elsewhere()
-        if self._busy(busy):
+        if busy is not None and busy >= 0.5:
             self._go_single(f"other processes are using {busy:.1f} cores")
-
-    @staticmethod
-    def _busy(busy: float | None) -> bool:
-        return busy is not None and busy >= 0.5
 
     def _go_single(self, why: str) -> None:
         self.set_threads(1)
         self.single = True
-        self.single_epochs = 0
         log.warning(
-            "CPU: %s; training on one thread while it lasts (spinning OpenMP threads "
+            "CPU: %s; training on one thread from now on (spinning OpenMP threads "
             "collapse beside a busy program). Export OMP_NUM_THREADS to choose yourself.",
             why,
         )
 
-    def _recheck(self) -> None:
-        """On one thread: every `recheck_every` epochs, all cores again if they are free."""
-        self.single_epochs += 1
-        if self.single_epochs % self.recheck_every:
-            return
-        busy = self.busy_elsewhere()
-        if busy is None or self._busy(busy):
-            return
-        self.set_threads(self.cores)
-        self.single = False
-        log.warning("CPU: the other program has gone; training on %d threads again", self.cores)
-
     def after_epoch(self, compute_s: float) -> None:
         """Record an epoch's compute time (sampling + training); one thread if it collapsed."""
-        if self.user_chose or compute_s <= 0:
-            return
-        if self.single:
-            self._recheck()
+        if self.user_chose or self.single or compute_s <= 0:
             return
         if self.fastest_s is not None and compute_s > self.collapse_ratio * self.fastest_s:
             self._go_single(
