@@ -69,8 +69,8 @@ def sample_clean(
     """Run the family's chain for one batch and keep its end.
 
     Starts as `sample_trajectories` does (`start_chain`), so the same seeds start
-    from the same noise. With
-    `stochastic` every step is the family's stochastic one (noise `eta`).
+    from the same noise. With `stochastic` every step is the family's stochastic one
+    (noise `eta`).
     """
     device = family.device
     scheduler = family.pipeline.scheduler
