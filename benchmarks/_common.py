@@ -281,6 +281,7 @@ def ours_config_toml(
         f"save_freq = {max(epochs, 1)}",
         "num_checkpoint_limit = 1",
         "log_images_every = 0",
+        'train_algorithm = "ppo"  # trl\'s DDPO, side by side',
         f"use_lora = {str(s['use_lora']).lower()}",
         f'mixed_precision = "{s["mixed_precision"]}"',
     ]

@@ -25,6 +25,7 @@ for size in (0, 3):
     AcceleratorState._reset_state(reset_partial_state=True)
     cfg = TrainConfig(
         pretrained_model=str(model),
+        train_algorithm="ppo",
         prompts=["a"],
         rewards=[{"url": "http://x:1", "scorer": "s"}],
         mixed_precision="no",

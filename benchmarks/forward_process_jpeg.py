@@ -63,7 +63,7 @@ FORWARD = {
     "train_learning_rate": 1e-2,
 }
 METHODS: dict[str, dict[str, Any]] = {
-    "ppo-defaults": {},
+    "ppo-defaults": {"train_algorithm": "ppo"},
     "ppo-preset": tomllib.loads(PRESET.read_text(encoding="utf-8")),
     "nft": {**FORWARD, "train_algorithm": "nft"},
     "awm": {**FORWARD, "train_algorithm": "awm"},

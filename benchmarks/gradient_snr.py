@@ -72,6 +72,7 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
     family = load_family(str(args.model), None, torch.device("cpu"), torch.float32)
     cfg = TrainConfig(
         pretrained_model=str(args.model),
+        train_algorithm="ppo",
         prompts=["-"],
         lora_target_modules=args.targets,
         rewards=[{"url": "http://unused", "scorer": "prompt_fidelity"}],

@@ -127,10 +127,11 @@ def trl_args(base: dict[str, Any]) -> list[str]:
 
 
 def recipe(preset: Path | None, overrides: list[str], base: dict[str, Any]) -> dict[str, Any]:
-    """Keys ours trains with beyond TrainConfig defaults: budget(), then the preset, then --set."""
+    """Keys ours trains with beyond TrainConfig defaults: PPO (as trl's DDPO, unless the
+    preset or --set names another algorithm), budget(), then the preset, then --set."""
     from trainer.config import apply_overrides
 
-    data = dict(base)
+    data = {"train_algorithm": "ppo", **base}
     if preset is not None:
         given = tomllib.loads(preset.read_text(encoding="utf-8"))
         clash = sorted(RESERVED & given.keys())

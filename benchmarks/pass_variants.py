@@ -47,6 +47,7 @@ def measure(model_dir: Path, args: argparse.Namespace) -> dict[str, object]:
     s = SETTINGS
     cfg = TrainConfig(
         pretrained_model=str(model_dir),
+        train_algorithm="ppo",
         prompts=["cat"],
         rewards=[{"url": "http://127.0.0.1:1", "scorer": "jpeg_compressibility"}],
         mixed_precision="no",

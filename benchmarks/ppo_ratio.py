@@ -48,6 +48,7 @@ def measure(model: Path, precision: str, steps: int, repeats: int) -> dict[str, 
     AcceleratorState._reset_state(reset_partial_state=True)
     cfg = TrainConfig(
         pretrained_model=str(model),
+        train_algorithm="ppo",
         prompts=["a"],
         rewards=[{"url": "http://127.0.0.1:1", "scorer": "jpeg_compressibility"}],
         mixed_precision=precision,

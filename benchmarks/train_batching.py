@@ -49,6 +49,7 @@ def main() -> None:
     model_dir = build_bench_pipeline(default_pipeline_dir())
     cfg = TrainConfig(
         pretrained_model=str(model_dir),
+        train_algorithm="ppo",
         prompts=["cat"],
         rewards=[{"url": "http://127.0.0.1:1", "scorer": "jpeg_compressibility"}],
         mixed_precision="no",

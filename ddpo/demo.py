@@ -234,6 +234,7 @@ def eval_images(
     if cfg is None:
         cfg = TrainConfig(
             pretrained_model=str(model),
+            train_algorithm="ppo",
             prompts=prompts,
             rewards=[{"url": "http://127.0.0.1:1", "scorer": "jpeg_compressibility"}],
             sample_guidance_scale=3.0,

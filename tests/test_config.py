@@ -87,6 +87,22 @@ def test_reference_lora_config_has_reference_settings():
     assert not full.use_lora and full.mixed_precision == "no" and full.train_learning_rate == 1e-5
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "sd15-aesthetic-lora.toml",
+        "sd15-aesthetic-full.toml",
+        "sdxl-aesthetic-lora.toml",
+        "sd35-medium-grpo-lora.toml",
+        "flux1-dev-grpo-lora.toml",
+        "presets/small-budget-lora.toml",
+    ],
+)
+def test_ppo_configs_name_their_algorithm(name):
+    """The default is nft: a DDPO / Flow-GRPO config must say ppo or it trains something else."""
+    assert tomllib.loads((REPO / "configs" / name).read_text())["train_algorithm"] == "ppo"
+
+
 def test_config_docs_are_current():
     from trainer.config_docs import render_config_docs
 

@@ -117,6 +117,7 @@ class _Setup:
     def __init__(self, model, mixed_precision: str, use_lora: bool, window=None, **overrides):
         self.cfg = TrainConfig(
             pretrained_model=str(model),
+            train_algorithm="ppo",
             prompts=["a"],
             rewards=[{"url": "http://127.0.0.1:1", "scorer": "jpeg_compressibility"}],
             mixed_precision=mixed_precision,

@@ -8,6 +8,7 @@ from trainer.sde_window import sde_window
 
 BASE = {
     "pretrained_model": "m",
+    "train_algorithm": "ppo",
     "prompts": ["a"],
     "rewards": [{"url": "http://127.0.0.1:1", "scorer": "jpeg_compressibility"}],
     "sample_num_steps": 10,

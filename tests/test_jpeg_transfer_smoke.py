@@ -41,10 +41,13 @@ def test_recipe_layers_budget_then_preset_then_overrides(tmp_path):
     preset.write_text("sample_batch_size = 4\ntrain_learning_rate = 1e-3\nuse_lora = false\n")
     base = jpeg_transfer.budget(6, cpu=False)
     got = jpeg_transfer.recipe(preset, ["train_learning_rate=2e-3"], base)
-    assert got == {"sample_batch_size": 4, "train_learning_rate": 2e-3, "use_lora": False}
-    assert jpeg_transfer.recipe(None, [], base) == {"sample_batch_size": 6}
+    ppo = {"train_algorithm": "ppo"}  # as trl's DDPO, under everything else
+    assert got == {**ppo, "sample_batch_size": 4, "train_learning_rate": 2e-3, "use_lora": False}
+    assert jpeg_transfer.recipe(None, [], base) == {**ppo, "sample_batch_size": 6}
     forced = jpeg_transfer.recipe(None, ['mixed_precision="bf16"'], jpeg_transfer.budget(6, True))
-    assert forced == {"sample_batch_size": 6, "mixed_precision": "bf16"}  # --set still wins
+    assert forced == {**ppo, "sample_batch_size": 6, "mixed_precision": "bf16"}  # --set wins
+    nft = jpeg_transfer.recipe(None, ['train_algorithm="nft"'], base)
+    assert nft["train_algorithm"] == "nft"
 
 
 def test_budget_layer_is_the_same_for_trl():

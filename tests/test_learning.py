@@ -26,6 +26,7 @@ def test_jpeg_reward_rises(tmp_path):
 pretrained_model = "{MODEL}"
 prompts = ["a red circle on a white background", "a blue square on a black background"]
 output_dir = "{tmp_path / "out"}"
+train_algorithm = "ppo"
 mixed_precision = "no"
 use_lora = false
 resolution = 64

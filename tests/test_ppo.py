@@ -77,6 +77,7 @@ def _config(**overrides):
 
     base = dict(
         pretrained_model="x",
+        train_algorithm="ppo",
         prompts=["p"],
         rewards=[{"url": "http://x", "scorer": "s"}],
         sample_num_steps=8,

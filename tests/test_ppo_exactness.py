@@ -25,6 +25,7 @@ DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 def _config(model, mixed_precision: str, **overrides) -> TrainConfig:
     base = dict(
         pretrained_model=str(model),
+        train_algorithm="ppo",
         prompts=["a"],
         rewards=[{"url": "http://127.0.0.1:1", "scorer": "jpeg_compressibility"}],
         mixed_precision=mixed_precision,

@@ -17,6 +17,7 @@ from trainer.step_baseline import baseline_figures, step_advantages
 def config(**overrides) -> TrainConfig:
     base = dict(
         pretrained_model="x",
+        train_algorithm="ppo",
         prompts=["p"],
         rewards=[{"url": "http://x", "scorer": "jpeg_compressibility"}],
         sample_group_size=2,

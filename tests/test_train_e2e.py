@@ -17,6 +17,7 @@ from trainer.run_log import read_metrics
 pytestmark = pytest.mark.slow
 
 BASE = """
+train_algorithm = "ppo"
 prompts = ["a red circle", "a blue square", "a green triangle"]
 mixed_precision = "no"
 resolution = 32

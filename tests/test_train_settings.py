@@ -38,10 +38,20 @@ def test_global_step_counts_optimizer_steps_over_inner_epochs():
 
 
 def test_training_without_guidance_needs_sampling_without_guidance():
+    ppo = {**BASE, "train_algorithm": "ppo", "train_cfg": False}
     with pytest.raises(ConfigError, match="off-policy"):
-        build_config({**BASE, "train_cfg": False, "sample_guidance_scale": 5.0})
-    cfg = build_config({**BASE, "train_cfg": False, "sample_guidance_scale": 1.0})
+        build_config({**ppo, "sample_guidance_scale": 5.0})
+    cfg = build_config({**ppo, "sample_guidance_scale": 1.0})
     assert not cfg.train_cfg
+
+
+def test_a_config_naming_no_algorithm_trains_nft_without_guidance():
+    """The measured default (docs/learning.md); PPO keeps its own guidance default."""
+    cfg = build_config(BASE)
+    assert (cfg.train_algorithm, cfg.sample_guidance_scale) == ("nft", 1.0)
+    ppo = build_config({**BASE, "train_algorithm": "ppo"})
+    assert ppo.sample_guidance_scale == 5.0
+    assert build_config({**BASE, "sample_guidance_scale": 4.0}).sample_guidance_scale == 4.0
 
 
 def _free_port() -> int:

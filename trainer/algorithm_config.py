@@ -12,6 +12,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+#: What a config that names no algorithm trains with: DiffusionNFT reached a held-out JPEG
+#: gain in every seed on both built-in models where PPO never did (docs/learning.md).
+DEFAULT_ALGORITHM = "nft"
+
 #: Defaults that differ from PPO's for the forward-process algorithms, applied only where
 #: the config does not set the key: (algorithm, key) -> value.
 ALGORITHM_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -24,12 +28,13 @@ class AlgorithmKeys(BaseModel):
     """The algorithm and the keys of the forward-process ones (docs/learning.md)."""
 
     train_algorithm: Literal["ppo", "nft", "awm"] = Field(
-        "ppo",
-        description="ppo: DDPO / Flow-GRPO, PPO on the log-probs of stochastic denoising steps. "
-        "nft: DiffusionNFT, reward-weighted denoising loss on implicit positive and negative "
-        "policies. awm: Advantage Weighted Matching, advantage-weighted denoising loss with a "
-        "clipped ratio. nft and awm keep only each sample's clean latent, sample with the "
-        "deterministic DDIM / flow ODE and (unless set) without guidance.",
+        DEFAULT_ALGORITHM,
+        description="nft (the default): DiffusionNFT, reward-weighted denoising loss on "
+        "implicit positive and negative policies. ppo: DDPO / Flow-GRPO, PPO on the log-probs "
+        "of stochastic denoising steps (name it to train DDPO). awm: Advantage Weighted "
+        "Matching, advantage-weighted denoising loss with a clipped ratio. nft and awm keep "
+        "only each sample's clean latent, sample with the deterministic DDIM / flow ODE and "
+        "(unless set) without guidance.",
     )
     train_fp_timesteps: int | None = Field(
         None,
@@ -79,7 +84,8 @@ class AlgorithmKeys(BaseModel):
     @classmethod
     def _algorithm_defaults(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            defaults = ALGORITHM_DEFAULTS.get(str(data.get("train_algorithm", "ppo")), {})
+            algorithm = str(data.get("train_algorithm", DEFAULT_ALGORITHM))
+            defaults = ALGORITHM_DEFAULTS.get(algorithm, {})
             data = {**defaults, **data}
         return data
 

@@ -102,7 +102,9 @@ class TrainConfig(AlgorithmKeys):
         "after its end (MixGRPO's sliding window).",
     )
     sample_guidance_scale: float = Field(
-        5.0, description="Classifier-free guidance scale (1 disables guidance)."
+        5.0,
+        description="Classifier-free guidance scale (1 disables guidance). nft and awm, "
+        "which train without guidance, default to 1 unless it is set; 5 is PPO's.",
     )
     sample_batch_size: int = Field(1, ge=1, description="Images per sampling batch, per process.")
     sample_num_batches_per_epoch: int = Field(
@@ -144,7 +146,9 @@ class TrainConfig(AlgorithmKeys):
         1, ge=1, description="PPO passes over each epoch's samples."
     )
     train_clip_range: float = Field(
-        1e-4, gt=0, description="PPO clip range of the importance ratio."
+        1e-4,
+        gt=0,
+        description="Clip range of the importance ratio (PPO; awm defaults to 1, its authors').",
     )
     train_adv_clip_max: float = Field(
         5.0, gt=0, description="Advantages are clipped to [-max, max]."

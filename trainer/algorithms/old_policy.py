@@ -53,6 +53,10 @@ class OldPolicy:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         state = dict(state)
         if STEP_KEY not in state:
-            raise ValueError("the checkpoint holds no old policy (made by another algorithm?)")
+            raise ValueError(
+                "the checkpoint holds no old policy: another algorithm made it. A DDPO run "
+                "from before nft became the default (2026-12-07) resumes with "
+                'train_algorithm = "ppo" in its config'
+            )
         self.optimizer_steps = int(state.pop(STEP_KEY))
         self._ema.load_state_dict(state)
