@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
 #: Seeds no trainer draws from: ours seeds samples by SeedSequence, trl by its own RNG.
@@ -42,18 +43,16 @@ def eval_seeds(n: int) -> list[int]:
     return [EVAL_SEED_BASE + i for i in range(n)]
 
 
-def jpeg_sizes_kb(
+def sample_images(
     model_dir: Path,
     prompts: list[str],
     seeds: list[int],
     sampler: Sampler,
     weights: Weights | None = None,
-) -> list[float]:
-    """JPEG size in kB of every (prompt, seed) sample, prompt-major."""
+) -> list[Image.Image]:
+    """One image per (prompt, seed), prompt-major, as a user's diffusers pipeline draws it."""
     import torch
     from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-
-    from reward_server.scorers.jpeg import jpeg_size_kb
 
     pipe = StableDiffusionPipeline.from_pretrained(model_dir, dtype=torch.float32)
     # Both trainers' DDPO step ends on alphas_cumprod[0] (no zero-variance last step).
@@ -65,7 +64,7 @@ def jpeg_sizes_kb(
         # Saved without network alphas, diffusers loads a LoRA at scale 1: set alpha / rank.
         pipe.load_lora_weights(str(weights.path), adapter_name="trained")
         pipe.set_adapters(["trained"], adapter_weights=[weights.lora_scale])
-    sizes: list[float] = []
+    images: list[Image.Image] = []
     with torch.no_grad():
         for prompt in prompts:
             out = pipe(
@@ -75,5 +74,18 @@ def jpeg_sizes_kb(
                 eta=sampler.eta,
                 generator=[torch.Generator().manual_seed(s) for s in seeds],
             )
-            sizes += [jpeg_size_kb(img) for img in out.images]
-    return sizes
+            images += out.images
+    return images
+
+
+def jpeg_sizes_kb(
+    model_dir: Path,
+    prompts: list[str],
+    seeds: list[int],
+    sampler: Sampler,
+    weights: Weights | None = None,
+) -> list[float]:
+    """JPEG size in kB of every (prompt, seed) sample, prompt-major."""
+    from reward_server.scorers.jpeg import jpeg_size_kb
+
+    return [jpeg_size_kb(img) for img in sample_images(model_dir, prompts, seeds, sampler, weights)]

@@ -173,23 +173,33 @@ def our_config(keys: dict[str, Any], model_dir: Path, out: Path, url: str, seed:
     return build_config(data), data
 
 
-def train_from_data(data: dict[str, Any], stem: Path, out: Path) -> list[dict[str, Any]]:
-    """Write `data` to STEM.toml, run `ddpo train` on it (log in STEM.log), return metrics rows."""
+def train_from_data(
+    data: dict[str, Any], stem: Path, out: Path, timeout_s: float | None = None
+) -> list[dict[str, Any]]:
+    """Write `data` to STEM.toml, run `ddpo train` (log: STEM.log), return its metrics rows;
+    stopped after `timeout_s`, the epochs it finished (checkpoints are written atomically)."""
     path = stem.with_suffix(".toml")
     path.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in data.items()))
     cmd = [str(Path(sys.executable).with_name("ddpo")), "train", "--config", str(path)]
     with stem.with_suffix(".log").open("wb") as log:
-        proc = subprocess.run(
-            [*cmd, "--log-level", "warning"],
-            env=child_env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            check=False,
-        )
-    if proc.returncode != 0:
+        try:
+            proc = subprocess.run(
+                [*cmd, "--log-level", "warning"],
+                env=child_env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                check=False,
+                timeout=timeout_s,
+            )
+            failed = proc.returncode != 0
+        except subprocess.TimeoutExpired:
+            failed = False
+    if failed:
         tail = stem.with_suffix(".log").read_text(errors="replace")[-3000:]
         raise RuntimeError(f"{stem.name}: ddpo train failed ({proc.returncode}):\n{tail}")
-    return [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if ln]
+    metrics = out / "metrics.jsonl"  # absent when stopped before its first epoch
+    lines = metrics.read_text().splitlines() if metrics.exists() else []
+    return [json.loads(ln) for ln in lines if ln.strip().endswith("}")]
 
 
 def run_ours(
@@ -217,7 +227,13 @@ def run_ours(
 
 
 def run_trl(
-    model_dir: Path, seed: int, epochs: int, sample_batch_size: int, extra: list[str], work: Path
+    model_dir: Path,
+    seed: int,
+    epochs: int,
+    sample_batch_size: int,
+    extra: list[str],
+    work: Path,
+    prompts: list[str] | None = None,
 ) -> dict[str, Any]:
     """One trl DDPOTrainer process at its defaults; same figures as run_ours."""
     save, out = work / f"trl-seed{seed}", work / f"trl-seed{seed}.json"
@@ -227,7 +243,7 @@ def run_trl(
         "--model-dir",
         str(model_dir),
         "--prompts",
-        json.dumps(PROMPTS),
+        json.dumps(prompts or PROMPTS),
         "--epochs",
         str(epochs),
         "--seed",

@@ -8,7 +8,9 @@ is given a CPU budget, sample_num_steps and train_batch_size; mixed_precision st
 fp16 unless --mixed-precision says (jpeg_transfer.py says "no" on a CPU, where
 fp16 is emulated and ~26x slower). The reward is
 trl_ddpo_epoch.jpeg_compressibility (quality 95, kB negated, on uint8 pixels),
-the reward server's scorer computed in-process. Writes per-epoch reward mean and
+the reward server's scorer computed in-process; with --reward-url, any scorer of a running
+reward server instead, over its HTTP API (POST /v1/score), as a user plugs in an endpoint.
+Writes per-epoch reward mean and
 approx_kl (what trl logs) and the sampler settings, for the held-out evaluation.
 """
 
@@ -26,6 +28,35 @@ from pathlib import Path
 from trl_ddpo_epoch import jpeg_compressibility
 
 
+def http_reward(url: str, scorer: str):
+    """trl's reward_fn scoring through a reward server: (images in [0, 1], prompts, _)."""
+    import base64
+    import io
+    import urllib.request
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    def reward_fn(images, prompts, metadata):
+        items = []
+        for i, (image, prompt) in enumerate(zip(images, prompts, strict=True)):
+            pixels = (image.float().clamp(0, 1) * 255).round().to(torch.uint8)
+            buf = io.BytesIO()
+            Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy()).save(buf, format="PNG")
+            data = base64.b64encode(buf.getvalue()).decode()
+            items.append({"id": str(i), "prompt": prompt, "image": {"data": data}})
+        body = json.dumps({"scorer": scorer, "items": items}).encode()
+        request = urllib.request.Request(
+            url.rstrip("/") + "/v1/score", body, {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=300) as response:
+            scores = json.loads(response.read())["scores"]
+        return torch.tensor(np.asarray(scores, dtype=np.float32)), {}
+
+    return reward_fn
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model-dir", type=Path, required=True)
@@ -36,6 +67,9 @@ def main() -> None:
     ap.add_argument("--sample-num-steps", type=int, default=None, help="default: trl's (50)")
     ap.add_argument("--train-batch-size", type=int, default=None, help="default: trl's (1)")
     ap.add_argument("--mixed-precision", default=None, help="default: trl's (fp16)")
+    ap.add_argument("--reward-url", default=None, help="a reward server; default: JPEG in-process")
+    ap.add_argument("--scorer", default="jpeg_compressibility", help="with --reward-url")
+    ap.add_argument("--max-minutes", type=float, default=None, help="stop after this training")
     ap.add_argument("--save-dir", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument(
@@ -72,7 +106,8 @@ def main() -> None:
 
     pipeline = DefaultDDPOStableDiffusionPipeline(str(args.model_dir))  # trl default: LoRA
     pipeline.set_progress_bar_config(disable=True)
-    trainer = DDPOTrainer(config, jpeg_compressibility, prompt_fn, pipeline)
+    reward = http_reward(args.reward_url, args.scorer) if args.reward_url else jpeg_compressibility
+    trainer = DDPOTrainer(config, reward, prompt_fn, pipeline)
 
     logged: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     inner_log = trainer.accelerator.log
@@ -93,6 +128,8 @@ def main() -> None:
         train_s += epoch_s[-1]
         if args.save_every and (epoch + 1) % args.save_every == 0:
             pipeline.save_pretrained(str(args.save_dir / f"epoch_{epoch + 1}"))
+        if args.max_minutes is not None and train_s > args.max_minutes * 60:
+            break
     pipeline.save_pretrained(str(args.save_dir))  # trl's own save: the LoRA in diffusers format
 
     epochs = [
@@ -101,7 +138,7 @@ def main() -> None:
             "time_total_s": epoch_s[e],  # the name of ours in metrics.jsonl
             **{k: sum(v) / len(v) for k, v in logged[e].items()},
         }
-        for e in range(config.num_epochs)
+        for e in range(len(epoch_s))
     ]
     args.out.write_text(
         json.dumps(
