@@ -121,6 +121,7 @@ def judge(run: dict, model_dir: Path, seeds: list[int], before: dict, target: fl
         "train_s_to_target": reached["train_s"] if reached else None,
         "samples_total": len(rows) * per_epoch,
         "train_s_total": sum(r["time_total_s"] for r in rows),
+        "reward_first_last": [rows[0]["reward_mean"], rows[-1]["reward_mean"]] if rows else [],
         "keys": run["keys"],
     }
 
@@ -167,7 +168,7 @@ def trl_fidelity_run(model_dir, url, seed, samples, minutes, every, work) -> dic
 
 
 def print_report(doc: dict[str, Any]) -> None:
-    print(f"\nheld-out fidelity (classifier; rule judge in brackets); target {doc['target']}")
+    print(f"\nheld-out / seen fidelity by the classifier; target held-out {doc['target']}")
     for name, runs in doc["runs"].items():
         for r in runs:
             s, t = r["samples_to_target"], r["train_s_to_target"]
