@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import tomllib
 from pathlib import Path
@@ -37,15 +36,12 @@ from _common import (
     REPO,
     RESULTS_DIR,
     child_env,
-    machine_info,
     stop_on_sigterm,
-    trl_python,
-    trl_versions,
-    versions,
 )
 from forward_process_jpeg import our_checkpoints
 from jpeg_eval import Sampler, Weights, eval_seeds, sample_images
 from jpeg_transfer import run_trl, toml_value, train_from_data, trl_args
+from side_by_side import TRL, chosen_methods, finish, header, record, rotated
 
 PRESETS = REPO / "configs" / "presets"
 SCORER = "prompt_fidelity"
@@ -59,7 +55,6 @@ METHODS: dict[str, dict[str, Any]] = {
         "train_algorithm": "awm",
     },
 }
-TRL = "trl"
 
 
 def method_config(name: str, model_dir: Path, out: Path, url: str, seed: int, epochs: int, work):
@@ -216,54 +211,35 @@ def main() -> None:
     stop_on_sigterm()
     from ddpo.server_process import RewardServerProcess
 
-    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    names = chosen_methods(args.methods)
     args.model_dir = args.model_dir.resolve()  # trl's child runs in benchmarks/
-    if TRL in names and not trl_python().exists():
-        sys.exit(f"{trl_python()} is missing: run benchmarks/setup_trl_venv.sh first")
     seeds = eval_seeds(args.eval_seeds)
-    doc: dict[str, Any] = {
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "machine": machine_info(),
-        "versions": versions(["torch", "diffusers", "peft"]),
-        **({"trl_venv": trl_versions()} if TRL in names else {}),
-        "pipeline": str(args.model_dir),
-        "target": args.target,
-        "minutes_cap": args.minutes,
-        "runs": {n: [] for n in names},
-        "complete": False,
-    }
+    doc = header(names, args.model_dir, target=args.target, minutes_cap=args.minutes)
     path = RESULTS_DIR / f"{args.out}.json"
     work = Path(tempfile.mkdtemp(prefix="ddpo-fp-fidelity-"))
     before: dict[Sampler, dict] = {}
     with RewardServerProcess([SCORER], log_file=work / "server.log", extra_env=child_env()) as srv:
-        for i, seed in enumerate(range(args.first_seed, args.first_seed + args.seeds)):
-            for name in names[i % len(names) :] + names[: i % len(names)]:
-                common = (seed, args.samples, args.minutes, args.eval_every, work)
-                if name == TRL:
-                    run = trl_fidelity_run(args.model_dir, srv.url, *common)
-                else:
-                    run = ours_run(name, args.model_dir, srv.url, *common)
-                result = {
-                    "seed": seed,
-                    "load": os.getloadavg()[0],
-                    **judge(run, args.model_dir, seeds, before, args.target, run["per_epoch"]),
-                }
-                doc["runs"][name].append(result)
-                shutil.rmtree(run["out"], ignore_errors=True)
-                held = result["curve"][-1]["classifier_held_out"] if result["curve"] else None
-                print(
-                    f"{name} seed {seed}: held-out {held}, to target "
-                    f"{result['samples_to_target']} samples, {result['samples_total']} in "
-                    f"{result['train_s_total'] / 60:.1f} min, load {result['load']:.1f}",
-                    flush=True,
-                )
-                RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
-    doc["complete"] = True
-    path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
-    print_report(doc)
-    print(f"wrote {path}")
-    shutil.rmtree(work, ignore_errors=True)
+        for seed, name in rotated(names, args.first_seed, args.seeds):
+            common = (seed, args.samples, args.minutes, args.eval_every, work)
+            if name == TRL:
+                run = trl_fidelity_run(args.model_dir, srv.url, *common)
+            else:
+                run = ours_run(name, args.model_dir, srv.url, *common)
+            result = {
+                "seed": seed,
+                "load": os.getloadavg()[0],
+                **judge(run, args.model_dir, seeds, before, args.target, run["per_epoch"]),
+            }
+            shutil.rmtree(run["out"], ignore_errors=True)
+            held = result["curve"][-1]["classifier_held_out"] if result["curve"] else None
+            print(
+                f"{name} seed {seed}: held-out {held}, to target "
+                f"{result['samples_to_target']} samples, {result['samples_total']} in "
+                f"{result['train_s_total'] / 60:.1f} min, load {result['load']:.1f}",
+                flush=True,
+            )
+            record(doc, path, name, result)
+    finish(doc, path, print_report, work)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ import json
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import tomllib
 from pathlib import Path
@@ -40,14 +39,11 @@ from _common import (
     REPO,
     RESULTS_DIR,
     child_env,
-    machine_info,
     stop_on_sigterm,
-    trl_python,
-    trl_versions,
-    versions,
 )
 from jpeg_eval import Sampler, Weights, eval_seeds, jpeg_sizes_kb
 from jpeg_transfer import PROMPTS, SCORER, our_config, run_trl, train_from_data, trl_args
+from side_by_side import TRL, chosen_methods, finish, header, record, rotated
 
 PRESET = REPO / "configs" / "presets" / "small-budget-lora.toml"
 #: The forward-process recipe: the preset's layout (groups of 4, 12 samples per epoch,
@@ -68,10 +64,9 @@ METHODS: dict[str, dict[str, Any]] = {
     "nft": {**FORWARD, "train_algorithm": "nft"},
     "awm": {**FORWARD, "train_algorithm": "awm"},
 }
-#: trl 0.19.1's DDPOTrainer (benchmarks/.venv-trl) at its own defaults, on the budget layer
-#: only (sample batch 6 x its 2 batches per epoch, the steps, float32 on a CPU); its train
-#: batch (1) is ours too, so it is PPO at the defaults in another implementation.
-TRL = "trl"
+# TRL: trl 0.19.1's DDPOTrainer (benchmarks/.venv-trl) at its own defaults, on the budget
+# layer only (sample batch 6 x its 2 batches per epoch, the steps, float32 on a CPU); its
+# train batch (1) is ours too, so it is PPO at the defaults in another implementation.
 
 
 def method_keys(name: str, base: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -228,61 +223,42 @@ def main() -> None:
 
     from ddpo.server_process import RewardServerProcess
 
-    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    names = chosen_methods(args.methods)
     # absolute: trl's child runs in benchmarks/, where a relative path reads as a hub id
     args.model_dir = args.model_dir.resolve()
-    if TRL in names and not trl_python().exists():
-        sys.exit(f"{trl_python()} is missing: run benchmarks/setup_trl_venv.sh first")
     base = {"sample_batch_size": 6, "sample_num_steps": args.sample_num_steps}
     if not torch.cuda.is_available():
         base["mixed_precision"] = "no"
     seeds = eval_seeds(args.eval_seeds)
-    doc: dict[str, Any] = {
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "machine": machine_info(),
-        "versions": versions(["torch", "diffusers", "peft"]),
-        **({"trl_venv": trl_versions()} if TRL in names else {}),
-        "pipeline": str(args.model_dir),
-        "target_kb": args.target,
-        "budget_layer": base,
-        "runs": {n: [] for n in names},
-        "complete": False,
-    }
+    doc = header(names, args.model_dir, target_kb=args.target, budget_layer=base)
     args_out = RESULTS_DIR / f"{args.out}.json"
     work = Path(tempfile.mkdtemp(prefix="ddpo-fp-jpeg-"))
     before: dict[Sampler, float] = {}
     with RewardServerProcess([SCORER], log_file=work / "server.log", extra_env=child_env()) as srv:
-        for i, seed in enumerate(range(args.first_seed, args.first_seed + args.seeds)):
-            for name in names[i % len(names) :] + names[: i % len(names)]:
-                keys = base if name == TRL else method_keys(name, base, args.overrides)
-                per_epoch = keys["sample_batch_size"] * keys.get("sample_num_batches_per_epoch", 2)
-                epochs = args.samples // per_epoch
-                if name == TRL:
-                    run = trl_run(args.model_dir, keys, seed, epochs, args.eval_every, work)
-                else:
-                    run = train_run(
-                        name, keys, args.model_dir, srv.url, seed, epochs, args.eval_every, work
-                    )
-                result = {
-                    "seed": seed,
-                    "load": os.getloadavg()[0],
-                    **judge(run, args.model_dir, seeds, before, args.target, per_epoch),
-                }
-                doc["runs"][name].append(result)
-                shutil.rmtree(run["out"], ignore_errors=True)
-                print(
-                    f"{name} seed {seed}: final {result['final_gain_kb']:+.3f} kB, to target "
-                    f"{result['samples_to_target']} samples, train "
-                    f"{result['train_s_total'] / 60:.1f} min, load {result['load']:.1f}",
-                    flush=True,
+        for seed, name in rotated(names, args.first_seed, args.seeds):
+            keys = base if name == TRL else method_keys(name, base, args.overrides)
+            per_epoch = keys["sample_batch_size"] * keys.get("sample_num_batches_per_epoch", 2)
+            epochs = args.samples // per_epoch
+            if name == TRL:
+                run = trl_run(args.model_dir, keys, seed, epochs, args.eval_every, work)
+            else:
+                run = train_run(
+                    name, keys, args.model_dir, srv.url, seed, epochs, args.eval_every, work
                 )
-                RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-                args_out.write_text(json.dumps(doc, indent=1, default=str) + "\n")
-    doc["complete"] = True
-    args_out.write_text(json.dumps(doc, indent=1, default=str) + "\n")
-    print_report(doc)
-    print(f"wrote {args_out}")
-    shutil.rmtree(work, ignore_errors=True)
+            result = {
+                "seed": seed,
+                "load": os.getloadavg()[0],
+                **judge(run, args.model_dir, seeds, before, args.target, per_epoch),
+            }
+            shutil.rmtree(run["out"], ignore_errors=True)
+            print(
+                f"{name} seed {seed}: final {result['final_gain_kb']:+.3f} kB, to target "
+                f"{result['samples_to_target']} samples, train "
+                f"{result['train_s_total'] / 60:.1f} min, load {result['load']:.1f}",
+                flush=True,
+            )
+            record(doc, args_out, name, result)
+    finish(doc, args_out, print_report, work)
 
 
 if __name__ == "__main__":
