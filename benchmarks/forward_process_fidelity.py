@@ -162,8 +162,17 @@ def trl_fidelity_run(model_dir, url, seed, samples, minutes, every, work) -> dic
     }
 
 
-def print_report(doc: dict[str, Any]) -> None:
-    print(f"\nheld-out / seen fidelity by the classifier; target held-out {doc['target']}")
+def first_gain(run: dict[str, Any], gain: float) -> int | None:
+    """Samples at the first checkpoint whose held-out fidelity is `gain` above the base's."""
+    floor = run["before"]["classifier_held_out"] + gain - 1e-9
+    return next((c["samples"] for c in run["curve"] if c["classifier_held_out"] >= floor), None)
+
+
+def print_report(doc: dict[str, Any], gain: float = 0.15) -> None:
+    print(
+        f"\nheld-out / seen fidelity by the classifier; target held-out {doc['target']}, "
+        f"or +{gain} over the base model"
+    )
     for name, runs in doc["runs"].items():
         for r in runs:
             s, t = r["samples_to_target"], r["train_s_to_target"]
@@ -175,19 +184,25 @@ def print_report(doc: dict[str, Any]) -> None:
             print(
                 f"{name:<13}seed {r['seed']} before {b['classifier_held_out']:.3f}"
                 f"/{b['classifier_seen']:.3f} -> to target "
-                f"{'never' if s is None else f'{s} samples, {t / 60:.1f} min'} "
+                f"{'never' if s is None else f'{s} samples, {t / 60:.1f} min'}, to +{gain} "
+                f"{first_gain(r, gain) or 'never'} "
                 f"({r['samples_total']} samples in {r['train_s_total'] / 60:.1f} min)  "
                 f"samples:held-out/seen {curve}"
             )
     for name, runs in doc["runs"].items():
         last = [r["curve"][-1] for r in runs if r["curve"]]
         if last:
-            held = [c["classifier_held_out"] for c in last]
+            held = [
+                c["classifier_held_out"] - r["before"]["classifier_held_out"]
+                for c, r in zip(last, runs, strict=False)
+            ]
             seen = [c["classifier_seen"] for c in last]
             print(
-                f"{name}: final held-out {statistics.fmean(held):.3f} (spread "
-                f"{max(held) - min(held):.3f}), seen {statistics.fmean(seen):.3f}; reached "
-                f"{sum(r['samples_to_target'] is not None for r in runs)}/{len(runs)}"
+                f"{name}: final held-out gain {statistics.fmean(held):+.3f} (spread "
+                f"{max(held) - min(held):.3f}), seen after {statistics.fmean(seen):.3f}; "
+                f"reached the target {sum(r['samples_to_target'] is not None for r in runs)}"
+                f"/{len(runs)}, +{gain} {sum(first_gain(r, gain) is not None for r in runs)}"
+                f"/{len(runs)}"
             )
 
 
@@ -203,10 +218,11 @@ def main() -> None:
     ap.add_argument("--eval-seeds", type=int, default=6, help="held-out seeds per prompt")
     ap.add_argument("--target", type=float, default=0.9, help="held-out classifier fidelity")
     ap.add_argument("--out", default="forward_process_fidelity")
+    ap.add_argument("--gain", type=float, default=0.15, help="report: held-out gain to count")
     ap.add_argument("--report", type=Path, default=None)
     args = ap.parse_args()
     if args.report is not None:
-        print_report(json.loads(args.report.read_text()))
+        print_report(json.loads(args.report.read_text()), args.gain)
         return
     stop_on_sigterm()
     from ddpo.server_process import RewardServerProcess
@@ -239,7 +255,7 @@ def main() -> None:
                 flush=True,
             )
             record(doc, path, name, result)
-    finish(doc, path, print_report, work)
+    finish(doc, path, lambda d: print_report(d, args.gain), work)
 
 
 if __name__ == "__main__":
