@@ -27,6 +27,29 @@ from _common import SETTINGS, TRL_PACKAGES, machine_info, prompts, versions
 from _op_profile import OpProfiler
 
 
+def load_text_encoder(pipeline, model_dir: Path) -> int:
+    """Load the saved text encoder into trl's pipeline; returns the tensors loaded.
+
+    transformers 5 (ours) saves CLIPTextModel weights without the `text_model.` prefix that
+    transformers 4.x (trl's venv) expects, and 4.x then keeps a random encoder with only a
+    warning: trl would train on random text conditioning. Missing or unused keys fail here.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(model_dir) / "text_encoder" / "model.safetensors"
+    encoder = pipeline.sd_pipeline.text_encoder
+    want = set(encoder.state_dict())
+    state = load_file(str(path))
+    state = {k if k in want else f"text_model.{k}": v for k, v in state.items()}
+    missing, unused = encoder.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("position_ids")]  # a buffer, not saved
+    if missing or unused:
+        raise RuntimeError(
+            f"text encoder of {model_dir}: missing {missing[:3]}, unused {unused[:3]}"
+        )
+    return len(state)
+
+
 def jpeg_compressibility(images, prompts, metadata):
     """trl's example reward: negated JPEG size in kB at quality 95, on uint8 pixels."""
     import numpy as np
@@ -153,6 +176,7 @@ def main() -> None:
 
     t_load = time.perf_counter()
     pipeline = DefaultDDPOStableDiffusionPipeline(str(args.model_dir), use_lora=s["use_lora"])
+    load_text_encoder(pipeline, args.model_dir)
     pipeline.set_progress_bar_config(disable=True)
     trainer = DDPOTrainer(config, jpeg_compressibility, prompt_fn, pipeline)
     load_s = time.perf_counter() - t_load

@@ -25,7 +25,7 @@ import warnings
 from collections import defaultdict
 from pathlib import Path
 
-from trl_ddpo_epoch import jpeg_compressibility
+from trl_ddpo_epoch import jpeg_compressibility, load_text_encoder
 
 
 def http_reward(url: str, scorer: str):
@@ -105,6 +105,7 @@ def main() -> None:
         return rng.choice(prompt_list), {}
 
     pipeline = DefaultDDPOStableDiffusionPipeline(str(args.model_dir))  # trl default: LoRA
+    load_text_encoder(pipeline, args.model_dir)
     pipeline.set_progress_bar_config(disable=True)
     reward = http_reward(args.reward_url, args.scorer) if args.reward_url else jpeg_compressibility
     trainer = DDPOTrainer(config, reward, prompt_fn, pipeline)
