@@ -17,7 +17,6 @@ from trainer.run_log import read_metrics
 pytestmark = pytest.mark.slow
 
 BASE = """
-train_algorithm = "ppo"
 prompts = ["a red circle", "a blue square", "a green triangle"]
 mixed_precision = "no"
 resolution = 32
@@ -39,7 +38,10 @@ def server(tmp_path_factory):
 
 
 def write_config(tmp_path: Path, model: Path, url: str, extra: str = "") -> Path:
-    text = f'pretrained_model = "{model}"\noutput_dir = "{tmp_path / "out"}"\n{BASE}{extra}\n'
+    """A tiny run's config: PPO (these tests are DDPO's) unless `extra` names an algorithm."""
+    algorithm = "" if "train_algorithm" in extra else 'train_algorithm = "ppo"\n'
+    text = f'pretrained_model = "{model}"\noutput_dir = "{tmp_path / "out"}"\n{BASE}'
+    text += f"{algorithm}{extra}\n"
     text += f'[[rewards]]\nurl = "{url}"\nscorer = "jpeg_compressibility"\nweight = 1.0\n'
     path = tmp_path / "config.toml"
     path.write_text(text)
