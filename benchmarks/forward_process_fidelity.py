@@ -64,7 +64,7 @@ def method_config(name: str, model_dir: Path, out: Path, url: str, seed: int, ep
     recipe = work / f"{name}-recipe.toml"
     recipe.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in METHODS[name].items()))
     cfg = demo_config(SCORER, epochs, out, url, model_dir, recipe=recipe)
-    return cfg.model_copy(update={"seed": seed, "log_images_every": 0})
+    return cfg.model_copy(update={"seed": seed})
 
 
 def config_data(cfg, every: int) -> dict[str, Any]:
@@ -190,11 +190,12 @@ def print_report(doc: dict[str, Any], gain: float = 0.15) -> None:
                 f"samples:held-out/seen {curve}"
             )
     for name, runs in doc["runs"].items():
-        last = [r["curve"][-1] for r in runs if r["curve"]]
-        if last:
+        done = [r for r in runs if r["curve"]]  # a run stopped before its first checkpoint
+        if done:
+            last = [r["curve"][-1] for r in done]
             held = [
                 c["classifier_held_out"] - r["before"]["classifier_held_out"]
-                for c, r in zip(last, runs, strict=False)
+                for c, r in zip(last, done, strict=True)
             ]
             seen = [c["classifier_seen"] for c in last]
             print(
