@@ -45,6 +45,8 @@ from side_by_side import TRL, chosen_methods, finish, header, record, rotated
 
 PRESETS = REPO / "configs" / "presets"
 SCORER = "prompt_fidelity"
+#: trl DDPOConfig.sample_num_batches_per_epoch default, which trl_jpeg_train.py keeps.
+TRL_BATCHES_PER_EPOCH = 2
 #: Each method's recipe, layered under the demo's layout (what demo_config sets wins).
 METHODS: dict[str, dict[str, Any]] = {
     "ppo-defaults": {"train_algorithm": "ppo"},
@@ -139,14 +141,27 @@ def ours_run(name, model_dir, url, seed, samples, minutes, every, work) -> dict[
 
 
 def trl_fidelity_run(model_dir, url, seed, samples, minutes, every, work) -> dict[str, Any]:
-    """trl's DDPOTrainer at its defaults on the demo's layout, scoring over HTTP."""
-    from ddpo.demo_fidelity import train_prompts
+    """trl's DDPOTrainer at its defaults on the demo's layout, scoring over HTTP.
 
-    layer = {"sample_num_steps": 10, "train_batch_size": 8, "mixed_precision": "no"}
-    per_epoch = 8 * 2  # sample batch 8 x trl's 2 batches per epoch
+    The layout (prompts, sample batch, steps, train batch, precision) is read from the
+    demo's own config, so trl follows the demo if the demo changes.
+    """
+    from ddpo.demo import demo_config
+
+    cfg = demo_config(SCORER, 1, work / "trl-layout", url, model_dir)
+    if cfg.sample_num_batches_per_epoch != TRL_BATCHES_PER_EPOCH:
+        raise SystemExit(
+            f"the demo samples {cfg.sample_num_batches_per_epoch} batches per epoch; "
+            f"trl_jpeg_train.py runs trl's default of {TRL_BATCHES_PER_EPOCH}"
+        )
+    layer = {k: getattr(cfg, k) for k in ("sample_num_steps", "train_batch_size")}
+    layer["mixed_precision"] = cfg.mixed_precision
+    per_epoch = cfg.sample_batch_size * TRL_BATCHES_PER_EPOCH
     extra = [*trl_args(layer), "--save-every", str(every), "--reward-url", url]
     extra += ["--scorer", SCORER, "--max-minutes", str(minutes)]
-    got = run_trl(model_dir, seed, samples // per_epoch, 8, extra, work, train_prompts())
+    got = run_trl(
+        model_dir, seed, samples // per_epoch, cfg.sample_batch_size, extra, work, cfg.prompts
+    )
     save = got["weights"].path
     done = len(got["epochs"])
     points = [

@@ -46,3 +46,31 @@ def test_every_checkpoint_is_judged_and_the_time_cap_stops_a_run(tiny_sd, tmp_pa
     (stopped,) = capped["runs"]["nft"]
     assert stopped["samples_total"] == 0 and stopped["curve"] == []
     assert stopped["samples_to_target"] is None
+
+
+def test_trl_trains_on_the_demos_own_layout(tmp_path, monkeypatch):
+    """trl's side reads the demo's prompts and layout, so it follows the demo if that changes."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import forward_process_fidelity as bench
+
+    from ddpo.demo import demo_config
+
+    seen: list[tuple] = []
+
+    def fake_run_trl(*args):
+        seen.append(args)
+        raise SystemExit("stop before training")
+
+    monkeypatch.setattr(bench, "run_trl", fake_run_trl)
+    model = REPO / "models" / "tiny-sd"
+    with pytest.raises(SystemExit):
+        bench.trl_fidelity_run(model, "http://127.0.0.1:1", 3, 320, 10, 5, tmp_path)
+    cfg = demo_config("prompt_fidelity", 1, tmp_path / "d", "http://127.0.0.1:1", model)
+    (_, seed, epochs, batch, extra, _, prompts) = seen[0]
+    per_epoch = cfg.sample_batch_size * cfg.sample_num_batches_per_epoch
+    assert (seed, epochs, batch) == (3, 320 // per_epoch, cfg.sample_batch_size)
+    assert prompts == cfg.prompts
+    flags = dict(zip(extra[::2], extra[1::2], strict=True))
+    assert flags["--sample-num-steps"] == str(cfg.sample_num_steps)
+    assert flags["--train-batch-size"] == str(cfg.train_batch_size)
+    assert flags["--scorer"] == "prompt_fidelity"
