@@ -9,9 +9,12 @@ threads 6.04 s per epoch, 1 thread 6.62 s, 2 passive threads 12.86 s; one busy
 program beside, 1 thread 7.53 s, 2 passive threads 8.73 s, 2 spinning > 100 s.
 
 So the trainer starts on all cores unless something else is busy now, and drops
-to one thread for the rest of the run when an epoch's compute time jumps past
-`collapse_ratio` times the fastest seen. `torch.set_num_threads` works at any
-time; only the spin length is fixed when libgomp loads. A user who exported
+to one thread when an epoch's compute time jumps past `collapse_ratio` times the
+fastest seen. On one thread it looks again every `recheck_every` epochs (a 0.3 s
+probe of /proc/stat) and goes back to all cores once nothing else is busy, so one
+contended stretch does not cost the rest of a long run half its speed.
+`torch.set_num_threads` works at any time; only the spin length is fixed when
+libgomp loads. A user who exported
 OMP_NUM_THREADS (or a wait policy) chose, and is left alone.
 """
 
@@ -28,6 +31,8 @@ log = logging.getLogger(__name__)
 
 #: An OpenMP choice of the user's: then the guard never changes the thread count.
 USER_CHOICES = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+#: Cores' worth of other programs' CPU time from which the machine counts as busy.
+BUSY_CORES = 0.5
 
 
 def busy_cores_elsewhere(window_s: float = 0.3) -> float | None:
@@ -60,33 +65,61 @@ class ThreadGuard:
         collapse_ratio: float = 2.0,
         busy_elsewhere: Callable[[], float | None] = busy_cores_elsewhere,
         set_threads: Callable[[int], None] = torch.set_num_threads,
+        recheck_every: int = 5,
     ) -> None:
         env = os.environ if environ is None else environ
         self.user_chose = any(name in env for name in USER_CHOICES)
         self.collapse_ratio = collapse_ratio
+        self.busy_elsewhere = busy_elsewhere
         self.set_threads = set_threads
-        self.fastest_s: float | None = None
+        self.recheck_every = max(1, recheck_every)  # doubles each time a restore collapses
+        self.restores = 0
+        self.cores = torch.get_num_threads()
+        self.fastest_s: float | None = None  # on all cores only
         self.single = False
-        if self.user_chose or torch.get_num_threads() <= 1:
+        self.single_epochs = 0
+        if self.user_chose or self.cores <= 1:
             return
         busy = busy_elsewhere()
-        if busy is not None and busy >= 0.5:
+        if busy is not None and busy >= BUSY_CORES:
             self._go_single(f"other processes are using {busy:.1f} cores")
 
     def _go_single(self, why: str) -> None:
         self.set_threads(1)
         self.single = True
+        self.single_epochs = 0
         log.warning(
-            "CPU: %s; training on one thread from now on (spinning OpenMP threads "
-            "collapse beside a busy program). Export OMP_NUM_THREADS to choose yourself.",
+            "CPU: %s; training on one thread until the other program stops (spinning "
+            "OpenMP threads collapse beside a busy program). Export OMP_NUM_THREADS to "
+            "choose yourself.",
             why,
         )
 
+    def _recheck(self) -> None:
+        """Back to all cores when the probe finds the machine free again."""
+        self.single_epochs += 1
+        if self.single_epochs % self.recheck_every:
+            return
+        busy = self.busy_elsewhere()
+        if busy is not None and busy < BUSY_CORES:
+            self.set_threads(self.cores)
+            self.single = False
+            self.restores += 1
+            log.warning(
+                "CPU: other processes use %.1f cores now; back to %d threads", busy, self.cores
+            )
+
     def after_epoch(self, compute_s: float) -> None:
-        """Record an epoch's compute time (sampling + training); one thread if it collapsed."""
-        if self.user_chose or self.single or compute_s <= 0:
+        """Record an epoch's compute time (sampling + training): one thread if it collapsed,
+        all cores again once a recheck finds nothing else busy."""
+        if self.user_chose or compute_s <= 0:
+            return
+        if self.single:
+            self._recheck()
             return
         if self.fastest_s is not None and compute_s > self.collapse_ratio * self.fastest_s:
+            if self.restores:  # the competitor came back: look less often
+                self.recheck_every *= 2
             self._go_single(
                 f"an epoch took {compute_s:.1f} s against {self.fastest_s:.1f} s before"
             )
