@@ -14,8 +14,8 @@ fastest seen. On one thread it looks again every `recheck_every` epochs (a 0.3 s
 probe of /proc/stat) and goes back to all cores once nothing else is busy, so one
 contended stretch does not cost the rest of a long run half its speed.
 `torch.set_num_threads` works at any time; only the spin length is fixed when
-libgomp loads. A user who exported
-OMP_NUM_THREADS (or a wait policy) chose, and is left alone.
+libgomp loads. A user who exported OMP_NUM_THREADS (or a wait policy) chose, and
+is left alone.
 """
 
 from __future__ import annotations
