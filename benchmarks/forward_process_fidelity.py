@@ -154,8 +154,9 @@ def trl_fidelity_run(model_dir, url, seed, samples, minutes, every, work) -> dic
             f"the demo samples {cfg.sample_num_batches_per_epoch} batches per epoch; "
             f"trl_jpeg_train.py runs trl's default of {TRL_BATCHES_PER_EPOCH}"
         )
-    layer = {k: getattr(cfg, k) for k in ("sample_num_steps", "train_batch_size")}
-    layer["mixed_precision"] = cfg.mixed_precision
+    layer = {
+        k: getattr(cfg, k) for k in ("mixed_precision", "sample_num_steps", "train_batch_size")
+    }
     per_epoch = cfg.sample_batch_size * TRL_BATCHES_PER_EPOCH
     extra = [*trl_args(layer), "--save-every", str(every), "--reward-url", url]
     extra += ["--scorer", SCORER, "--max-minutes", str(minutes)]

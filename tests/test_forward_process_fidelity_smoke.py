@@ -73,4 +73,5 @@ def test_trl_trains_on_the_demos_own_layout(tmp_path, monkeypatch):
     flags = dict(zip(extra[::2], extra[1::2], strict=True))
     assert flags["--sample-num-steps"] == str(cfg.sample_num_steps)
     assert flags["--train-batch-size"] == str(cfg.train_batch_size)
+    assert flags["--mixed-precision"] == cfg.mixed_precision
     assert flags["--scorer"] == "prompt_fidelity"
