@@ -157,8 +157,7 @@ def demo(
     from diffusers.utils.logging import disable_progress_bar
     from transformers.utils.logging import disable_progress_bar as quiet_transformers
 
-    from ddpo.demo import is_flow_model, resolve_model, run_demo
-    from ddpo.user_pipeline import UserSampling
+    from ddpo.demo import resolve_model, run_demo
     from trainer.config import ConfigError
 
     disable_progress_bar()  # the demo loads its pipelines often: one bar per load is noise
@@ -198,16 +197,14 @@ def demo(
                 f"{before.classifier_seen:.3f} / {before.rule_seen:.3f} before -> "
                 f"{after.classifier_seen:.3f} / {after.rule_seen:.3f} after"
             )
-        user_before, user_after = result.fidelity_user_before, result.fidelity_user_after
-        if user_before is not None and user_after is not None:
+        for judged in result.fidelity_user:
+            b, a = judged.before, judged.after
             console.print(
-                f"as a user samples it ({UserSampling().describe(is_flow_model(model_dir))}), "
-                "classifier / rule-based judge:\n"
-                f"  held-out: {user_before.classifier_held_out:.3f} / "
-                f"{user_before.rule_held_out:.3f} before -> {user_after.classifier_held_out:.3f}"
-                f" / {user_after.rule_held_out:.3f} after; seen: "
-                f"{user_before.classifier_seen:.3f} / {user_before.rule_seen:.3f} before -> "
-                f"{user_after.classifier_seen:.3f} / {user_after.rule_seen:.3f} after"
+                f"as a user samples it ({judged.sampling}), classifier / rule-based judge:\n"
+                f"  held-out: {b.classifier_held_out:.3f} / {b.rule_held_out:.3f} before -> "
+                f"{a.classifier_held_out:.3f} / {a.rule_held_out:.3f} after; seen: "
+                f"{b.classifier_seen:.3f} / {b.rule_seen:.3f} before -> "
+                f"{a.classifier_seen:.3f} / {a.rule_seen:.3f} after"
             )
     else:
         console.print(

@@ -14,15 +14,22 @@ from __future__ import annotations
 import json
 import logging
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import BaseModel
 
-from ddpo.demo_fidelity import FidelityReport, eval_grid, fidelity_report, train_prompts
+from ddpo.demo_fidelity import (
+    FidelityReport,
+    UserJudgement,
+    eval_grid,
+    fidelity_report,
+    judge_as_user,
+    train_prompts,
+)
 from ddpo.demo_figures import before_after_png, reward_curve_png
-from ddpo.user_pipeline import user_images
 from shared.shapes import all_prompts, held_out_prompts
 from trainer.config import TrainConfig, apply_overrides, build_config
 from trainer.thread_guard import ThreadGuard
@@ -101,9 +108,8 @@ class DemoResult:
     fidelity_before: FidelityReport | None = None
     fidelity_after: FidelityReport | None = None
     #: The same grid sampled as a user would (ddpo.user_pipeline: plain diffusers pipeline,
-    #: deterministic DDIM, guidance 7.5), so a gain is not our sampler's alone.
-    fidelity_user_before: FidelityReport | None = None
-    fidelity_user_after: FidelityReport | None = None
+    #: deterministic DDIM, at the run's guidance and at 7.5), so a gain is not our sampler's.
+    fidelity_user: list[UserJudgement] = field(default_factory=list)
 
 
 def resolve_model(model: str | Path | None) -> Path:
@@ -379,13 +385,12 @@ def run_demo(
         train(cfg)
         after = eval_images(model, output_dir, prompts, seeds, window, sampler_cfg)
         score_after = None if human else _score(server.url, reward, after, prompts)
-    user = None
+    user = []
     if reward == "prompt_fidelity":
         say("judging both models as a user samples them (diffusers pipeline, DDIM) ...")
-        user = [
-            fidelity_report(user_images(model, t, prompts, seeds), prompts)
-            for t in (None, output_dir)
-        ]
+        user = judge_as_user(
+            model, output_dir, prompts, seeds, cfg.sample_guidance_scale, is_flow_model(model)
+        )
 
     records = read_metrics(output_dir)
     shown = shown_subset(reward, prompts)
@@ -415,13 +420,14 @@ def run_demo(
         num_eval_images=len(prompts),
         fidelity_before=None if human else fidelity_report(before, prompts),
         fidelity_after=None if human else fidelity_report(after, prompts),
-        fidelity_user_before=None if user is None else user[0],
-        fidelity_user_after=None if user is None else user[1],
+        fidelity_user=user,
     )
 
     def plain(value: object) -> object:
         if isinstance(value, FidelityReport):
             return value.model_dump()
+        if isinstance(value, list):
+            return [v.model_dump() if isinstance(v, BaseModel) else v for v in value]
         return str(value) if isinstance(value, Path) else value
 
     (output_dir / "demo_summary.json").write_text(

@@ -9,6 +9,8 @@ separately, by the reward's classifier and by a rule-based judge that learns not
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
 from pydantic import BaseModel
@@ -62,6 +64,53 @@ class FidelityReport(BaseModel):
     judges_agree: float
     images_seen: int
     images_held_out: int
+
+
+class UserJudgement(BaseModel):
+    """Both judges on the grid sampled as a user would (ddpo.user_pipeline), base and trained."""
+
+    #: How the images were sampled, for the report (pipeline, scheduler, steps, guidance).
+    sampling: str
+    #: None for a flow model, which samples without classifier-free guidance.
+    guidance_scale: float | None
+    before: FidelityReport
+    after: FidelityReport
+
+
+def user_guidances(run_guidance: float) -> list[float]:
+    """The guidance the run sampled at (the model card's, for the built-in models) and
+    diffusers' default, which a user who never read the card gets: the gain is tied to the
+    first and must be reported at the second too (docs/tiny-model.md)."""
+    from ddpo.user_pipeline import USER_GUIDANCE_SCALE
+
+    return sorted({float(run_guidance), USER_GUIDANCE_SCALE})
+
+
+def judge_as_user(
+    model: Path,
+    trained: Path,
+    prompts: list[str],
+    seeds: list[int],
+    run_guidance: float,
+    flow: bool,
+) -> list[UserJudgement]:
+    """Base and trained weights through the plain diffusers pipeline, at each user guidance
+    (once for a flow model)."""
+    from ddpo.user_pipeline import UserSampling, user_images
+
+    out = []
+    for scale in [None] if flow else user_guidances(run_guidance):
+        sampling = UserSampling() if scale is None else UserSampling(guidance_scale=scale)
+        before, after = (
+            fidelity_report(user_images(model, t, prompts, seeds, sampling), prompts)
+            for t in (None, trained)
+        )
+        out.append(
+            UserJudgement(
+                sampling=sampling.describe(flow), guidance_scale=scale, before=before, after=after
+            )
+        )
+    return out
 
 
 def classifier_matches(images: np.ndarray, prompts: list[str]) -> np.ndarray:

@@ -7,6 +7,7 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline
 
+from ddpo.demo_fidelity import judge_as_user
 from ddpo.user_pipeline import UserSampling, load_user_pipeline, user_images
 from trainer.config import TrainConfig
 from trainer.lora import add_lora, save_lora
@@ -86,3 +87,19 @@ def test_a_flow_model_samples_with_its_own_pipeline_and_loads_its_transformer(tm
     trained = user_images(model, run, prompts, seeds, FAST, resolution=32)
     assert np.abs(base.astype(int) - trained.astype(int)).mean() > 1
     assert FAST.describe(flow=True) == "diffusers FluxPipeline, Euler flow ODE, 4 steps"
+
+
+def test_the_demo_judges_a_run_at_its_own_guidance_and_at_diffusers_default(tmp_path) -> None:
+    """A gain is tied to the guidance a run sampled at; a user may pick 7.5 (tiny-model.md)."""
+    run = _trained_lora(tmp_path / "run")
+    prompts, seeds = (
+        ["a blue circle on a white background", "a red square on a gray background"],
+        [3, 4],
+    )
+    judged = judge_as_user(MODEL, run, prompts, seeds, run_guidance=3.0, flow=False)
+    assert [j.guidance_scale for j in judged] == [3.0, 7.5]
+    assert judged[0].sampling.endswith("guidance 3")
+    assert judged[1].sampling.endswith("guidance 7.5")
+    for j in judged:  # one held-out and one seen prompt, each group judged on its own image
+        assert j.before.images_held_out == j.before.images_seen == 1
+    assert len(judge_as_user(MODEL, run, prompts, seeds, 7.5, flow=False)) == 1
