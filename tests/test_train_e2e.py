@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,7 @@ def server(tmp_path_factory):
 
 def write_config(tmp_path: Path, model: Path, url: str, extra: str = "") -> Path:
     """A tiny run's config: PPO (these tests are DDPO's) unless `extra` names an algorithm."""
-    algorithm = "" if "train_algorithm" in extra else 'train_algorithm = "ppo"\n'
+    algorithm = "" if "train_algorithm" in tomllib.loads(extra) else 'train_algorithm = "ppo"\n'
     text = f'pretrained_model = "{model}"\noutput_dir = "{tmp_path / "out"}"\n{BASE}'
     text += f"{algorithm}{extra}\n"
     text += f'[[rewards]]\nurl = "{url}"\nscorer = "jpeg_compressibility"\nweight = 1.0\n'
