@@ -385,7 +385,7 @@ def run_demo(
         train(cfg)
         after = eval_images(model, output_dir, prompts, seeds, window, sampler_cfg)
         score_after = None if human else _score(server.url, reward, after, prompts)
-    user = []
+    user: list[UserJudgement] = []
     if reward == "prompt_fidelity":
         say("judging both models as a user samples them (diffusers pipeline, DDIM) ...")
         user = judge_as_user(
