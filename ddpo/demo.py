@@ -424,10 +424,10 @@ def run_demo(
     )
 
     def plain(value: object) -> object:
-        if isinstance(value, FidelityReport):
+        if isinstance(value, BaseModel):  # FidelityReport, UserJudgement
             return value.model_dump()
         if isinstance(value, list):
-            return [v.model_dump() if isinstance(v, BaseModel) else v for v in value]
+            return [plain(v) for v in value]
         return str(value) if isinstance(value, Path) else value
 
     (output_dir / "demo_summary.json").write_text(
